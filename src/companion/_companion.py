@@ -1,0 +1,210 @@
+"""The public facade: :class:`Companion` and :class:`Session`."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from .config import PipelineConfig
+from .errors import InvalidArgument
+from .pipeline import Pipeline, StreamEvent
+from .protocols import Generator, SafetyGuard, SessionStore, ShouldStop
+from .resources import ResourceCatalogue, parse_locale
+from .sessions import InMemorySessionStore, SQLiteSessionStore, new_session_id
+from .types import Reply, SessionInfo, Turn
+
+__all__ = ["Companion", "Session"]
+
+_MAX_METADATA = 16
+
+
+@dataclass(frozen=True)
+class Session:
+    """A handle on one conversation; cheap to create, holds no state of its own.
+
+    Attributes:
+        id: The session id.
+        locale: Its language tag.
+    """
+
+    companion: Companion = field(repr=False)
+    info: SessionInfo
+
+    @property
+    def id(self) -> str:
+        """The session id."""
+        return self.info.id
+
+    @property
+    def locale(self) -> str:
+        """The session's language tag."""
+        return self.info.locale
+
+    def send(self, text: str, should_stop: ShouldStop | None = None) -> Reply:
+        """Send a user message and get the guarded reply."""
+        return self.companion.send(self.id, text, should_stop)
+
+    def stream(self, text: str, should_stop: ShouldStop | None = None) -> Iterator[StreamEvent]:
+        """Send a user message and stream the reply as events."""
+        return self.companion.stream(self.id, text, should_stop)
+
+    def history(self, offset: int = 0, limit: int | None = None) -> list[Turn]:
+        """The stored turns."""
+        return self.companion.history(self.id, offset, limit)
+
+
+class Companion:
+    """A guarded wellness companion: sessions plus the safety pipeline.
+
+    Args:
+        guard: Safety classifier for both directions.
+        generator: The chat model.
+        store: Session storage.
+        catalogue: Resource messages; the shipped catalogue by default.
+        config: Limits and decoding settings.
+
+    Example:
+        >>> c = Companion.from_defaults(session_store="memory")
+        >>> s = c.start_session(locale="en-GB")
+        >>> r = s.send("I feel anxious about my exams")
+        >>> r.category, r.action
+    """
+
+    def __init__(
+        self,
+        guard: SafetyGuard,
+        generator: Generator,
+        store: SessionStore,
+        catalogue: ResourceCatalogue | None = None,
+        config: PipelineConfig | None = None,
+    ) -> None:
+        self.pipeline = Pipeline(
+            guard, generator, store, catalogue or ResourceCatalogue.load(), config
+        )
+
+    @classmethod
+    def from_defaults(
+        cls,
+        session_store: Literal["sqlite", "memory"] | SessionStore = "sqlite",
+        *,
+        model: str | os.PathLike[str] | None = None,
+        adapter: str | os.PathLike[str] | None = None,
+        merge_adapter: bool = True,
+        encoder: str | os.PathLike[str] | None = None,
+        db_path: str | os.PathLike[str] | None = None,
+        config: PipelineConfig | None = None,
+        device: str | None = None,
+    ) -> Companion:
+        """Build a companion on the embedded models (or the ones named).
+
+        Args:
+            session_store: ``"sqlite"`` (default file under the user data dir, or ``db_path``),
+                ``"memory"``, or any :class:`~companion.protocols.SessionStore`.
+            model: Base model: ``None`` for the embedded SmolLM2-135M-Instruct, a local
+                directory or a Hugging Face id in the local cache.
+            adapter: A PEFT adapter directory to apply to the base model.
+            merge_adapter: Merge the adapter into the weights for faster inference.
+            encoder: Sentence encoder for the safety classifier: ``None`` for the embedded
+                all-MiniLM-L6-v2, or any sentence-transformers path / id.
+            db_path: SQLite file when ``session_store="sqlite"``.
+            config: Limits and decoding settings.
+            device: ``"cpu"``, ``"cuda"``...; ``None`` picks CUDA when available.
+
+        Raises:
+            ModelLoadError: a model, adapter or package is missing.
+        """
+        from .models import HFGenerator, load_causal_lm, load_encoder
+        from .safety import SafetyClassifier
+
+        store = _make_store(session_store, db_path)
+        guard = SafetyClassifier.from_defaults(load_encoder(encoder))
+        lm, tokenizer = load_causal_lm(model, adapter, merge_adapter=merge_adapter, device=device)
+        return cls(guard, HFGenerator(lm, tokenizer), store, config=config)
+
+    @property
+    def store(self) -> SessionStore:
+        """The session store."""
+        return self.pipeline.store
+
+    def start_session(
+        self, locale: str = "en-US", metadata: Mapping[str, str] | None = None, owner: str = ""
+    ) -> Session:
+        """Open a new conversation.
+
+        Args:
+            locale: Language tag; its region picks the resource services (e.g. ``"en-GB"``).
+            metadata: Up to 16 client string pairs kept with the session.
+            owner: Opaque owner key; the service binds sessions to API keys with it.
+
+        Raises:
+            InvalidArgument: bad locale or metadata.
+        """
+        parse_locale(locale)
+        meta = dict(metadata or {})
+        if len(meta) > _MAX_METADATA or not all(
+            isinstance(k, str) and isinstance(v, str) and len(k) <= 64 and len(v) <= 256
+            for k, v in meta.items()
+        ):
+            raise InvalidArgument(
+                "metadata must be at most 16 string pairs (keys <= 64, values <= 256 chars)"
+            )
+        info = SessionInfo(new_session_id(), locale, time.time(), owner, meta)
+        self.store.create(info)
+        return Session(self, info)
+
+    def session(self, session_id: str) -> Session:
+        """A handle on an existing session.
+
+        Raises:
+            InvalidArgument: malformed id.
+            SessionNotFound: no such session.
+        """
+        return Session(self, self.pipeline.session(session_id))
+
+    def send(self, session_id: str, text: str, should_stop: ShouldStop | None = None) -> Reply:
+        """Run one guarded turn; see :meth:`companion.pipeline.Pipeline.stream` for errors."""
+        return self.pipeline.turn(session_id, text, should_stop)
+
+    def stream(
+        self, session_id: str, text: str, should_stop: ShouldStop | None = None
+    ) -> Iterator[StreamEvent]:
+        """Run one guarded turn, yielding ``TextDelta`` events and a final ``TurnDone``."""
+        return self.pipeline.stream(session_id, text, should_stop)
+
+    def history(self, session_id: str, offset: int = 0, limit: int | None = None) -> list[Turn]:
+        """The stored turns of a session, oldest first."""
+        self.pipeline.session(session_id)
+        if offset < 0 or (limit is not None and limit < 0):
+            raise InvalidArgument("offset and limit must be >= 0")
+        return self.store.history(session_id, offset, limit)
+
+    def delete_session(self, session_id: str) -> bool:
+        """Erase a session and all its turns; False if it did not exist."""
+        self.pipeline.session(session_id)
+        return self.store.delete(session_id)
+
+    def close(self) -> None:
+        """Close the session store."""
+        self.store.close()
+
+    def __enter__(self) -> Companion:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+def _make_store(kind: str | SessionStore, db_path: str | os.PathLike[str] | None) -> SessionStore:
+    if kind == "memory":
+        return InMemorySessionStore()
+    if kind == "sqlite":
+        return SQLiteSessionStore(Path(db_path) if db_path is not None else None)
+    if isinstance(kind, str):
+        raise InvalidArgument(
+            f"session_store must be 'sqlite', 'memory' or a SessionStore, not {kind!r}"
+        )
+    return kind

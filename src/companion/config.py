@@ -1,0 +1,105 @@
+"""Configuration as frozen, validated dataclasses.
+
+Values come from code or from the entry points (CLI, server settings); the library itself never
+reads environment variables except :func:`cache_dir` and :func:`data_dir`, which callers may
+override by argument.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+__all__ = ["GenerationConfig", "PipelineConfig", "cache_dir", "data_dir"]
+
+
+def _check(cond: bool, name: str, value: object, rule: str) -> None:
+    if not cond:
+        raise ValueError(f"{name}={value!r}: {rule}")
+
+
+@dataclass(frozen=True)
+class GenerationConfig:
+    """How the model writes a reply.
+
+    Args:
+        max_new_tokens: Upper bound on reply length in tokens.
+        do_sample: Sample (True) or decode greedily (False, reproducible).
+        temperature: Sampling temperature, used when ``do_sample``.
+        top_p: Nucleus sampling mass, used when ``do_sample``.
+        repetition_penalty: >1 discourages loops, which small models fall into.
+        seed: Seed for sampling; ``None`` leaves the generator unseeded.
+    """
+
+    max_new_tokens: int = field(default=200, metadata={"help": "reply length cap in tokens"})
+    do_sample: bool = True
+    temperature: float = 0.7
+    top_p: float = 0.9
+    repetition_penalty: float = 1.15
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        _check(1 <= self.max_new_tokens <= 4096, "max_new_tokens", self.max_new_tokens, "1..4096")
+        _check(self.temperature > 0, "temperature", self.temperature, "must be > 0")
+        _check(0 < self.top_p <= 1, "top_p", self.top_p, "must be in (0, 1]")
+        _check(
+            self.repetition_penalty >= 1.0,
+            "repetition_penalty",
+            self.repetition_penalty,
+            "must be >= 1",
+        )
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """Limits and context policy of the guarded turn.
+
+    Args:
+        max_message_chars: Longer user messages are rejected with ``InvalidArgument``.
+        context_tokens: Token budget for prompt plus reply; ``None`` uses the model's window.
+        guard_context_turns: How many earlier user turns the input guard sees with the newest.
+        generation: Decoding settings.
+    """
+
+    max_message_chars: int = 4000
+    context_tokens: int | None = None
+    guard_context_turns: int = 3
+    generation: GenerationConfig = field(default_factory=GenerationConfig)
+
+    def __post_init__(self) -> None:
+        _check(self.max_message_chars >= 1, "max_message_chars", self.max_message_chars, ">= 1")
+        _check(
+            self.context_tokens is None or self.context_tokens >= 64,
+            "context_tokens",
+            self.context_tokens,
+            ">= 64 or None",
+        )
+        _check(
+            0 <= self.guard_context_turns <= 20,
+            "guard_context_turns",
+            self.guard_context_turns,
+            "0..20",
+        )
+
+
+def cache_dir(override: str | os.PathLike[str] | None = None) -> Path:
+    """Where converted model weights are cached: ``override``, ``$COMPANION_CACHE_DIR`` or
+    ``~/.cache/companion``."""
+    if override is not None:
+        return Path(override)
+    env = os.environ.get("COMPANION_CACHE_DIR")
+    return Path(env) if env else Path.home() / ".cache" / "companion"
+
+
+def data_dir(override: str | os.PathLike[str] | None = None) -> Path:
+    """Where the SQLite session file lives by default: ``override``, ``$COMPANION_DATA_DIR`` or
+    the platform's user data dir."""
+    if override is not None:
+        return Path(override)
+    env = os.environ.get("COMPANION_DATA_DIR")
+    if env:
+        return Path(env)
+    from platformdirs import user_data_dir
+
+    return Path(user_data_dir("companion", appauthor=False))

@@ -1,0 +1,237 @@
+"""The guarded turn: input guard -> context assembly -> generation -> output guard -> store.
+
+Pure orchestration: every collaborator is passed in, and nothing here touches gRPC, the
+environment or files. The pipeline FAILS CLOSED: when a guard raises, the user gets the fixed
+resource message, never unchecked generated text.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import structlog
+
+from .config import PipelineConfig
+from .context import build_messages
+from .errors import Cancelled, InvalidArgument, SessionNotFound, Unavailable
+from .prompts import SYSTEM_PROMPT
+from .protocols import Generator, SafetyGuard, SessionStore, ShouldStop
+from .resources import ResourceCatalogue
+from .sessions import is_valid_session_id
+from .types import Action, Category, Direction, Reply, Role, SessionInfo, Turn, Verdict
+
+__all__ = ["Pipeline", "StreamEvent", "TextDelta", "TurnDone"]
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class TextDelta:
+    """A piece of generated text, in order."""
+
+    text: str
+
+
+@dataclass(frozen=True)
+class TurnDone:
+    """The turn's outcome; always the last event.
+
+    Args:
+        reply: The stored reply.
+        replaced: True when text deltas were sent but the output guard replaced them with
+            ``reply.text``; a client must then discard what it showed.
+    """
+
+    reply: Reply
+    replaced: bool = False
+
+
+StreamEvent = TextDelta | TurnDone
+
+
+class Pipeline:
+    """Runs guarded turns against a session store.
+
+    Args:
+        guard: Safety classifier for user messages and replies.
+        generator: The chat model.
+        store: Where sessions and turns live.
+        catalogue: Fixed resource messages by locale.
+        config: Limits, context policy and decoding settings.
+        system_prompt: The persona; the training pipeline uses the same one.
+        clock: Seconds since the epoch; injectable for tests.
+    """
+
+    def __init__(
+        self,
+        guard: SafetyGuard,
+        generator: Generator,
+        store: SessionStore,
+        catalogue: ResourceCatalogue,
+        config: PipelineConfig | None = None,
+        system_prompt: str = SYSTEM_PROMPT,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.guard = guard
+        self.generator = generator
+        self.store = store
+        self.catalogue = catalogue
+        self.config = config or PipelineConfig()
+        self.system_prompt = system_prompt
+        self.clock = clock
+
+    def session(self, session_id: str) -> SessionInfo:
+        """The session's metadata.
+
+        Raises:
+            InvalidArgument: the id is malformed.
+            SessionNotFound: no such session.
+        """
+        if not isinstance(session_id, str) or not is_valid_session_id(session_id):
+            raise InvalidArgument("session_id is malformed")
+        info = self.store.get(session_id)
+        if info is None:
+            raise SessionNotFound(f"session {session_id} not found")
+        return info
+
+    def turn(self, session_id: str, text: str, should_stop: ShouldStop | None = None) -> Reply:
+        """Run one turn and return the stored reply (see :meth:`stream`)."""
+        for event in self.stream(session_id, text, should_stop):
+            if isinstance(event, TurnDone):
+                return event.reply
+        raise AssertionError("stream() ended without TurnDone")  # pragma: no cover
+
+    def stream(
+        self, session_id: str, text: str, should_stop: ShouldStop | None = None
+    ) -> Iterator[StreamEvent]:
+        """Run one turn, yielding generated text as it comes and a final :class:`TurnDone`.
+
+        Nothing is stored until the turn is complete: a cancelled turn (``should_stop()``
+        true) raises :class:`Cancelled` and leaves the session unchanged.
+
+        Raises:
+            InvalidArgument: empty, oversize or non-text message; malformed id.
+            SessionNotFound: no such session.
+            Cancelled: ``should_stop()`` became true before the turn was stored.
+            Unavailable: the model failed.
+        """
+        started = time.perf_counter()
+        info = self.session(session_id)
+        self._validate(text)
+        stop = should_stop or (lambda: False)
+        history = self.store.history(session_id)
+        user_context = [t.text for t in history if t.role is Role.USER]
+        user_context = (
+            user_context[len(user_context) - self.config.guard_context_turns :]
+            if (self.config.guard_context_turns)
+            else []
+        )
+        timings: dict[str, float] = {}
+
+        t0 = time.perf_counter()
+        verdict_in = self._check(text, Role.USER, user_context)
+        timings["input_guard_ms"] = _ms(t0)
+        verdict_out: Verdict | None = None
+        streamed = False
+        if verdict_in.fired:
+            reply_text, resources = self.catalogue.message(
+                verdict_in.category, info.locale, failed=verdict_in.error is not None
+            )
+            category, action = verdict_in.category, Action.REDIRECTED
+        else:
+            budget = (
+                self.config.context_tokens or self.generator.context_window
+            ) - self.config.generation.max_new_tokens
+            messages = build_messages(
+                self.system_prompt, history, text, self.generator.count_tokens, budget
+            )
+            t0 = time.perf_counter()
+            parts: list[str] = []
+            try:
+                for delta in self.generator.stream(messages, self.config.generation, stop):
+                    parts.append(delta)
+                    streamed = True
+                    yield TextDelta(delta)
+            except Cancelled:
+                raise
+            except Exception as exc:
+                log.error("generation_failed", session_id=session_id, error=type(exc).__name__)
+                raise Unavailable("the model failed to generate a reply") from exc
+            timings["generate_ms"] = _ms(t0)
+            if stop():
+                raise Cancelled("the turn was cancelled before it was stored")
+            generated = "".join(parts).strip()
+            t0 = time.perf_counter()
+            verdict_out = self._check(generated, Role.ASSISTANT, [])
+            timings["output_guard_ms"] = _ms(t0)
+            if verdict_out.fired:
+                reply_text, resources = self.catalogue.message(
+                    verdict_out.category, info.locale, failed=verdict_out.error is not None
+                )
+                category, action = verdict_out.category, Action.REDIRECTED
+            else:
+                reply_text, resources = generated or self.catalogue.empty_reply(info.locale), ()
+                category, action = Category.NONE, Action.ANSWERED
+
+        if stop():
+            raise Cancelled("the turn was cancelled before it was stored")
+        now = self.clock()
+        decided = verdict_out if verdict_out is not None and verdict_out.fired else verdict_in
+        _, stored = self.store.append(
+            session_id,
+            [
+                Turn(Role.USER, text, now, verdict_in.category, action, dict(verdict_in.scores)),
+                Turn(Role.ASSISTANT, reply_text, now, category, action, dict(decided.scores)),
+            ],
+        )
+        reply = Reply(
+            text=reply_text,
+            category=category,
+            action=action,
+            resources=tuple(resources),
+            input_verdict=verdict_in,
+            output_verdict=verdict_out,
+            turn_index=stored.index,
+        )
+        log.info(
+            "turn",
+            session_id=session_id,
+            turn_index=stored.index,
+            category=category.value,
+            action=action.value,
+            decided_by=decided.direction.value,
+            input_scores=dict(verdict_in.scores),
+            output_scores=dict(verdict_out.scores) if verdict_out else None,
+            guard_error=verdict_in.error or (verdict_out.error if verdict_out else None),
+            policy_version=decided.policy_version,
+            message_chars=len(text),
+            reply_chars=len(reply_text),
+            history_turns=len(history),
+            total_ms=_ms(started),
+            **timings,
+        )
+        yield TurnDone(reply, replaced=streamed and action is Action.REDIRECTED)
+
+    def _validate(self, text: object) -> None:
+        if not isinstance(text, str):
+            raise InvalidArgument("text must be a string")
+        if not text.strip():
+            raise InvalidArgument("text is empty")
+        if len(text) > self.config.max_message_chars:
+            raise InvalidArgument(
+                f"text has {len(text)} characters; the limit is {self.config.max_message_chars}"
+            )
+
+    def _check(self, text: str, role: Role, context: list[str]) -> Verdict:
+        direction = Direction.INPUT if role is Role.USER else Direction.OUTPUT
+        try:
+            return self.guard.classify(text, role, context)
+        except Exception as exc:  # fail closed: a broken guard must never let text through
+            log.error("guard_failed", direction=direction.value, error=type(exc).__name__)
+            return Verdict.failed(direction, exc, getattr(self.guard, "policy_version", "unknown"))
+
+
+def _ms(t0: float) -> float:
+    return round((time.perf_counter() - t0) * 1000, 2)

@@ -1,0 +1,109 @@
+"""The small interfaces every backend implements (house rule: one Protocol per model role)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+import numpy.typing as npt
+
+from .config import GenerationConfig
+from .types import Role, SessionInfo, Turn, Verdict
+
+__all__ = [
+    "ChatMessage",
+    "Encoder",
+    "Generator",
+    "SafetyGuard",
+    "SessionStore",
+    "ShouldStop",
+]
+
+ChatMessage = dict[str, str]
+"""``{"role": "system"|"user"|"assistant", "content": str}``, the chat-template format."""
+
+ShouldStop = Callable[[], bool]
+"""Polled between generated tokens; returning True aborts generation (cancel or deadline)."""
+
+
+@runtime_checkable
+class Encoder(Protocol):
+    """Turns texts into L2-normalised sentence embeddings."""
+
+    def encode(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
+        """Embed ``texts``; returns an array of shape ``(len(texts), dim)``."""
+        ...
+
+
+@runtime_checkable
+class SafetyGuard(Protocol):
+    """Scores a message for crisis and medical-advice content."""
+
+    policy_version: str
+
+    def classify(
+        self, text: str, role: Role | str = Role.USER, context: Sequence[str] = ()
+    ) -> Verdict:
+        """Check ``text`` written by ``role``; ``context``: earlier user turns, oldest first."""
+        ...
+
+
+@runtime_checkable
+class Generator(Protocol):
+    """A chat language model."""
+
+    def count_tokens(self, messages: Sequence[ChatMessage]) -> int:
+        """Tokens the prompt for ``messages`` takes, generation prompt included."""
+        ...
+
+    @property
+    def context_window(self) -> int:
+        """Maximum tokens of prompt plus reply."""
+        ...
+
+    def stream(
+        self,
+        messages: Sequence[ChatMessage],
+        config: GenerationConfig,
+        should_stop: ShouldStop | None = None,
+    ) -> Iterator[str]:
+        """Yield the reply as text deltas; stops early when ``should_stop()`` is true."""
+        ...
+
+
+@runtime_checkable
+class SessionStore(Protocol):
+    """Server-side conversation storage."""
+
+    def create(self, info: SessionInfo) -> None:
+        """Store a new session."""
+        ...
+
+    def get(self, session_id: str) -> SessionInfo | None:
+        """The session, or ``None`` if it does not exist."""
+        ...
+
+    def append(self, session_id: str, turns: Sequence[Turn]) -> list[Turn]:
+        """Append ``turns`` atomically (all or none); returns them with their indices set.
+
+        Raises:
+            SessionNotFound: no such session.
+        """
+        ...
+
+    def history(self, session_id: str, offset: int = 0, limit: int | None = None) -> list[Turn]:
+        """Turns in order, ``offset`` first, at most ``limit``.
+
+        Raises:
+            SessionNotFound: no such session.
+        """
+        ...
+
+    def delete(self, session_id: str) -> bool:
+        """Erase the session and its turns; False if it did not exist."""
+        ...
+
+    def close(self) -> None:
+        """Release the store's resources."""
+        ...

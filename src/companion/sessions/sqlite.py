@@ -1,0 +1,156 @@
+"""A SQLite session store (WAL mode) that survives restarts."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+
+from ..config import data_dir
+from ..errors import SessionNotFound
+from ..types import Action, Category, Role, SessionInfo, Turn
+
+__all__ = ["SQLiteSessionStore"]
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS sessions (
+    id         TEXT PRIMARY KEY,
+    locale     TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    owner      TEXT NOT NULL DEFAULT '',
+    metadata   TEXT NOT NULL DEFAULT '{}'
+);
+CREATE TABLE IF NOT EXISTS turns (
+    session_id TEXT NOT NULL REFERENCES sessions(id) ON DELETE CASCADE,
+    idx        INTEGER NOT NULL,
+    role       TEXT NOT NULL,
+    text       TEXT NOT NULL,
+    ts         REAL NOT NULL,
+    category   TEXT NOT NULL,
+    action     TEXT NOT NULL,
+    scores     TEXT NOT NULL DEFAULT '{}',
+    PRIMARY KEY (session_id, idx)
+);
+"""
+
+
+class SQLiteSessionStore:
+    """Sessions and turns in one SQLite file.
+
+    WAL mode lets readers run beside the writer; ``secure_delete`` overwrites erased turns so a
+    deleted conversation does not linger in free pages. One connection, guarded by a lock, is
+    shared by the threads of a process.
+
+    Args:
+        path: Database file; default ``<user data dir>/companion/sessions.sqlite3``.
+    """
+
+    def __init__(self, path: str | os.PathLike[str] | None = None) -> None:
+        self.path = Path(path) if path is not None else data_dir() / "sessions.sqlite3"
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute("PRAGMA foreign_keys=ON")
+        self._db.execute("PRAGMA secure_delete=ON")
+        self._db.executescript(_SCHEMA)
+
+    def create(self, info: SessionInfo) -> None:
+        """Store a new session."""
+        with self._lock:
+            self._db.execute(
+                "INSERT INTO sessions (id, locale, created_at, owner, metadata) VALUES (?,?,?,?,?)",
+                (
+                    info.id,
+                    info.locale,
+                    info.created_at,
+                    info.owner,
+                    json.dumps(dict(info.metadata)),
+                ),
+            )
+
+    def get(self, session_id: str) -> SessionInfo | None:
+        """The session, or ``None``."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT id, locale, created_at, owner, metadata FROM sessions WHERE id = ?",
+                (session_id,),
+            ).fetchone()
+        if row is None:
+            return None
+        return SessionInfo(row[0], row[1], row[2], row[3], json.loads(row[4]))
+
+    def append(self, session_id: str, turns: Sequence[Turn]) -> list[Turn]:
+        """Append ``turns`` in one transaction; returns them with indices set."""
+        with self._lock:
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+                if not self._db.execute(
+                    "SELECT 1 FROM sessions WHERE id = ?", (session_id,)
+                ).fetchone():
+                    raise SessionNotFound(f"session {session_id} not found")
+                (start,) = self._db.execute(
+                    "SELECT COALESCE(MAX(idx) + 1, 0) FROM turns WHERE session_id = ?",
+                    (session_id,),
+                ).fetchone()
+                added = [
+                    Turn(
+                        t.role, t.text, t.timestamp, t.category, t.action, dict(t.scores), start + i
+                    )
+                    for i, t in enumerate(turns)
+                ]
+                self._db.executemany(
+                    "INSERT INTO turns (session_id, idx, role, text, ts, category, action, scores)"
+                    " VALUES (?,?,?,?,?,?,?,?)",
+                    [
+                        (
+                            session_id,
+                            t.index,
+                            t.role.value,
+                            t.text,
+                            t.timestamp,
+                            t.category.value,
+                            t.action.value,
+                            json.dumps(dict(t.scores)),
+                        )
+                        for t in added
+                    ],
+                )
+                self._db.execute("COMMIT")
+            except BaseException:
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                raise
+        return added
+
+    def history(self, session_id: str, offset: int = 0, limit: int | None = None) -> list[Turn]:
+        """Turns in order from ``offset``, at most ``limit``."""
+        with self._lock:
+            if not self._db.execute(
+                "SELECT 1 FROM sessions WHERE id = ?", (session_id,)
+            ).fetchone():
+                raise SessionNotFound(f"session {session_id} not found")
+            rows = self._db.execute(
+                "SELECT role, text, ts, category, action, scores, idx FROM turns"
+                " WHERE session_id = ? ORDER BY idx LIMIT ? OFFSET ?",
+                (session_id, -1 if limit is None else limit, offset),
+            ).fetchall()
+        return [
+            Turn(Role(r[0]), r[1], r[2], Category(r[3]), Action(r[4]), json.loads(r[5]), r[6])
+            for r in rows
+        ]
+
+    def delete(self, session_id: str) -> bool:
+        """Erase the session and its turns; False if unknown."""
+        with self._lock:
+            cur = self._db.execute("DELETE FROM sessions WHERE id = ?", (session_id,))
+            return cur.rowcount > 0
+
+    def close(self) -> None:
+        """Close the connection."""
+        with self._lock:
+            self._db.close()

@@ -1,0 +1,188 @@
+"""Domain value types shared by the pipeline, the stores and the service.
+
+These are plain frozen dataclasses: the gRPC layer converts to and from them and they never
+import generated protobuf code.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+__all__ = [
+    "Action",
+    "Category",
+    "Direction",
+    "Reply",
+    "Resource",
+    "Role",
+    "SessionInfo",
+    "Turn",
+    "Verdict",
+]
+
+
+class Category(enum.StrEnum):
+    """What a guard found. ``CRISIS`` outranks ``MEDICAL``."""
+
+    NONE = "none"
+    CRISIS = "crisis"
+    MEDICAL = "medical"
+
+
+class Action(enum.StrEnum):
+    """What the pipeline did with a turn."""
+
+    ANSWERED = "answered"
+    REDIRECTED = "redirected"
+
+
+class Role(enum.StrEnum):
+    """Who wrote a turn."""
+
+    USER = "user"
+    ASSISTANT = "assistant"
+
+
+class Direction(enum.StrEnum):
+    """Which side of the turn a guard checked."""
+
+    INPUT = "input"
+    OUTPUT = "output"
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The outcome of one safety check, as a value (never an exception).
+
+    Args:
+        category: The winning category, ``NONE`` if no score reached its threshold.
+        scores: Score per category, in ``[0, 1]``.
+        thresholds: The threshold per category that the scores were compared with.
+        policy_version: Version of the classifier artifact and policy that decided.
+        direction: Whether the user's message or the model's reply was checked.
+        error: Name of the exception type when the check itself failed (the pipeline then
+            fails closed and treats the turn as a crisis); ``None`` otherwise.
+    """
+
+    category: Category
+    scores: Mapping[str, float]
+    thresholds: Mapping[str, float]
+    policy_version: str
+    direction: Direction = Direction.INPUT
+    error: str | None = None
+
+    @property
+    def fired(self) -> bool:
+        """True when the turn must be redirected."""
+        return self.category is not Category.NONE
+
+    @classmethod
+    def failed(cls, direction: Direction, error: BaseException, policy_version: str) -> Verdict:
+        """A fail-closed verdict for a check that raised ``error``."""
+        return cls(
+            category=Category.CRISIS,
+            scores={},
+            thresholds={},
+            policy_version=policy_version,
+            direction=direction,
+            error=type(error).__name__,
+        )
+
+
+@dataclass(frozen=True)
+class Resource:
+    """One support service from the resource catalogue.
+
+    Args:
+        name: Service name, e.g. "Samaritans".
+        description: One line on what it offers.
+        phone: Number to call, if any.
+        sms: How to text, if any.
+        url: Web address, if any.
+        hours: Opening hours, e.g. "24/7".
+        source: Where the entry was checked.
+    """
+
+    name: str
+    description: str = ""
+    phone: str | None = None
+    sms: str | None = None
+    url: str | None = None
+    hours: str | None = None
+    source: str = ""
+
+
+@dataclass(frozen=True)
+class Turn:
+    """One stored message of a conversation.
+
+    Args:
+        role: ``USER`` or ``ASSISTANT``.
+        text: The message text (stored server-side only; never logged).
+        timestamp: Seconds since the epoch (UTC).
+        category: The guard verdict's category for this exchange.
+        action: What the pipeline did.
+        scores: The guard scores behind ``category``.
+        index: Position in the session, starting at 0; set by the store.
+    """
+
+    role: Role
+    text: str
+    timestamp: float
+    category: Category = Category.NONE
+    action: Action = Action.ANSWERED
+    scores: Mapping[str, float] = field(default_factory=dict)
+    index: int = -1
+
+
+@dataclass(frozen=True)
+class SessionInfo:
+    """A conversation's metadata.
+
+    Args:
+        id: Unguessable id (128 random bits, URL-safe base64).
+        locale: BCP-47 tag such as "en-GB"; picks the resource region and template language.
+        created_at: Seconds since the epoch (UTC).
+        owner: Opaque owner key (the service binds sessions to an API key); ``""`` for none.
+        metadata: Client-supplied string pairs.
+    """
+
+    id: str
+    locale: str
+    created_at: float
+    owner: str = ""
+    metadata: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Reply:
+    """The answer to one user message.
+
+    Args:
+        text: What the user should see: generated text or a fixed resource message.
+        category: ``"none"``, ``"crisis"`` or ``"medical"``.
+        action: ``"answered"`` or ``"redirected"``.
+        resources: The services listed in a redirect (empty when answered).
+        input_verdict: The check of the user's message.
+        output_verdict: The check of the model's reply (``None`` when generation was skipped).
+        turn_index: Index of the assistant turn in the session.
+    """
+
+    text: str
+    category: Category
+    action: Action
+    resources: tuple[Resource, ...] = ()
+    input_verdict: Verdict | None = None
+    output_verdict: Verdict | None = None
+    turn_index: int = -1
+
+    @property
+    def verdict(self) -> Verdict | None:
+        """The verdict that decided the action (output check if it fired, else input check)."""
+        if self.output_verdict is not None and (
+            self.output_verdict.fired or self.input_verdict is None or not self.input_verdict.fired
+        ):
+            return self.output_verdict
+        return self.input_verdict

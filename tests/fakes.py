@@ -1,0 +1,82 @@
+"""Hand-written fakes for unit tests (real models live in the integration tests)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+
+from companion.config import GenerationConfig
+from companion.protocols import ChatMessage, ShouldStop
+from companion.types import Category, Direction, Role, Verdict
+
+THRESHOLDS = {"crisis": 0.5, "medical": 0.5}
+
+
+class FakeGuard:
+    """Flags texts that contain a trigger word; records every call."""
+
+    policy_version = "fake-1"
+
+    def __init__(self, triggers: dict[str, Category] | None = None, raise_on: Role | None = None):
+        self.triggers = triggers or {"CRISIS": Category.CRISIS, "MEDICAL": Category.MEDICAL}
+        self.raise_on = raise_on
+        self.calls: list[tuple[str, Role, tuple[str, ...]]] = []
+
+    def classify(
+        self, text: str, role: Role | str = Role.USER, context: Sequence[str] = ()
+    ) -> Verdict:
+        role = Role(role)
+        self.calls.append((text, role, tuple(context)))
+        if self.raise_on is role:
+            raise RuntimeError("guard backend down")
+        scores = {"crisis": 0.0, "medical": 0.0}
+        category = Category.NONE
+        for word, cat in self.triggers.items():
+            if word in text:
+                scores[cat.value] = 0.99
+                if category is Category.NONE or cat is Category.CRISIS:
+                    category = cat
+        direction = Direction.INPUT if role is Role.USER else Direction.OUTPUT
+        return Verdict(category, scores, THRESHOLDS, self.policy_version, direction)
+
+
+class FakeGenerator:
+    """Replies from a script; fails loudly when called more often than scripted.
+
+    Token counting is one token per whitespace-separated word plus 4 per message, which is
+    enough to test the context budget.
+    """
+
+    def __init__(
+        self,
+        responses: Sequence[str] = (),
+        context_window: int = 10_000,
+        on_token: Callable[[int], None] | None = None,
+    ):
+        self.responses = list(responses)
+        self.calls: list[list[ChatMessage]] = []
+        self._context_window = context_window
+        self.on_token = on_token
+
+    @property
+    def context_window(self) -> int:
+        return self._context_window
+
+    def count_tokens(self, messages: Sequence[ChatMessage]) -> int:
+        return sum(len(m["content"].split()) + 4 for m in messages)
+
+    def stream(
+        self,
+        messages: Sequence[ChatMessage],
+        config: GenerationConfig,
+        should_stop: ShouldStop | None = None,
+    ) -> Iterator[str]:
+        if not self.responses:
+            raise AssertionError("FakeGenerator called more often than scripted")
+        self.calls.append(list(messages))
+        reply = self.responses.pop(0)
+        for i, word in enumerate(reply.split(" ")):
+            if should_stop is not None and should_stop():
+                return
+            if self.on_token is not None:
+                self.on_token(i)
+            yield word if i == 0 else " " + word

@@ -1,0 +1,92 @@
+"""Session stores: both implementations behave alike; SQLite survives a restart."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+
+import pytest
+
+from companion import Action, Category, Role, SessionInfo, SessionNotFound, Turn
+from companion.sessions import (
+    InMemorySessionStore,
+    SQLiteSessionStore,
+    is_valid_session_id,
+    new_session_id,
+)
+
+
+@pytest.fixture(params=["memory", "sqlite"])
+def store(request, tmp_path):
+    s = (
+        InMemorySessionStore()
+        if request.param == "memory"
+        else SQLiteSessionStore(tmp_path / "s.db")
+    )
+    yield s
+    s.close()
+
+
+def _turns(text: str) -> list[Turn]:
+    now = time.time()
+    return [
+        Turn(Role.USER, text, now, Category.CRISIS, Action.REDIRECTED, {"crisis": 0.9}),
+        Turn(Role.ASSISTANT, "reply", now, Category.CRISIS, Action.REDIRECTED, {"crisis": 0.9}),
+    ]
+
+
+def test_create_append_history_delete(store):
+    sid = new_session_id()
+    store.create(SessionInfo(sid, "en-GB", time.time(), "owner-a", {"app": "x"}))
+    assert store.get(sid).owner == "owner-a" and store.get(sid).metadata == {"app": "x"}
+    added = store.append(sid, _turns("one"))
+    assert [t.index for t in added] == [0, 1]
+    store.append(sid, _turns("two"))
+    history = store.history(sid)
+    assert [t.index for t in history] == [0, 1, 2, 3]
+    assert history[0].text == "one" and history[0].category is Category.CRISIS
+    assert history[0].action is Action.REDIRECTED and history[0].scores == {"crisis": 0.9}
+    assert [t.index for t in store.history(sid, offset=1, limit=2)] == [1, 2]
+    assert store.delete(sid) is True
+    assert store.get(sid) is None and store.delete(sid) is False
+    with pytest.raises(SessionNotFound):
+        store.history(sid)
+
+
+def test_append_to_unknown_session(store):
+    with pytest.raises(SessionNotFound):
+        store.append(new_session_id(), _turns("x"))
+
+
+def test_sqlite_history_survives_reopening(tmp_path):
+    path = tmp_path / "sessions.sqlite3"
+    first = SQLiteSessionStore(path)
+    sid = new_session_id()
+    first.create(SessionInfo(sid, "en-US", time.time()))
+    first.append(sid, _turns("remember me"))
+    first.close()
+    second = SQLiteSessionStore(path)
+    assert second.get(sid).locale == "en-US"
+    assert [t.text for t in second.history(sid)] == ["remember me", "reply"]
+    second.close()
+
+
+def test_sqlite_uses_wal_and_delete_erases_turns(tmp_path):
+    path = tmp_path / "s.db"
+    store = SQLiteSessionStore(path)
+    sid = new_session_id()
+    store.create(SessionInfo(sid, "en-US", time.time()))
+    store.append(sid, _turns("to be erased"))
+    store.delete(sid)
+    store.close()
+    db = sqlite3.connect(path)
+    assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert db.execute("SELECT COUNT(*) FROM turns").fetchone()[0] == 0
+    db.close()
+
+
+def test_session_ids_are_128_bit_random():
+    ids = {new_session_id() for _ in range(1000)}
+    assert len(ids) == 1000
+    assert all(is_valid_session_id(i) and len(i) == 22 for i in ids)  # 22 * 6 bits >= 128
+    assert not is_valid_session_id("short") and not is_valid_session_id("a" * 21 + "!")
