@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hmac
 import os
 import time
 from collections.abc import Iterator, Mapping
@@ -10,7 +11,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from .config import PipelineConfig
-from .errors import InvalidArgument
+from .errors import InvalidArgument, SessionNotFound
 from .pipeline import Pipeline, StreamEvent
 from .protocols import Generator, SafetyGuard, SessionStore, ShouldStop
 from .resources import ResourceCatalogue, parse_locale
@@ -156,14 +157,22 @@ class Companion:
         self.store.create(info)
         return Session(self, info)
 
-    def session(self, session_id: str) -> Session:
+    def session(self, session_id: str, owner: str | None = None) -> Session:
         """A handle on an existing session.
+
+        Args:
+            session_id: The id from :meth:`start_session`.
+            owner: When given, a session that belongs to another owner is reported as not
+                found, exactly like a missing one (the service uses this per API key).
 
         Raises:
             InvalidArgument: malformed id.
-            SessionNotFound: no such session.
+            SessionNotFound: no such session, or another owner's.
         """
-        return Session(self, self.pipeline.session(session_id))
+        info = self.pipeline.session(session_id)
+        if owner is not None and not hmac.compare_digest(info.owner.encode(), owner.encode()):
+            raise SessionNotFound(f"session {session_id} not found")
+        return Session(self, info)
 
     def send(self, session_id: str, text: str, should_stop: ShouldStop | None = None) -> Reply:
         """Run one guarded turn; see :meth:`companion.pipeline.Pipeline.stream` for errors."""

@@ -1,4 +1,4 @@
-"""The ``companion`` command: chat in a terminal, classify text, (later) serve gRPC."""
+"""The ``companion`` command: chat in a terminal, classify text, serve gRPC."""
 
 from __future__ import annotations
 
@@ -6,10 +6,10 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
-from .types import Action, Verdict
+from .types import Action, Reply, Verdict
 
 __all__ = ["main"]
 
@@ -66,9 +66,48 @@ def _encoder(name: str) -> Any:
     return load_encoder(name)
 
 
+def _chat_loop(send: Callable[[str], Reply]) -> None:
+    prompt = "you> " if sys.stdin.isatty() else ""  # piped input: keep stdout to replies
+    while True:
+        try:
+            text = input(prompt)
+        except (EOFError, KeyboardInterrupt):
+            print(file=sys.stderr)
+            break
+        if not text.strip():
+            continue
+        reply = send(text)
+        tag = f" [redirected: {reply.category.value}]" if reply.action is Action.REDIRECTED else ""
+        print(f"companion{tag}> {reply.text}\n", flush=True)
+
+
+def _cmd_chat_remote(args: argparse.Namespace) -> int:
+    from .client import CompanionClient
+    from .errors import CompanionError
+
+    api_key = args.api_key or os.environ.get("COMPANION_API_KEY") or None
+    with CompanionClient(args.server, api_key=api_key) as client:
+        try:
+            client.wait_ready(timeout=args.wait)
+            sid = client.create_session(locale=args.locale)
+        except CompanionError as exc:
+            print(f"companion chat: {args.server}: {exc}", file=sys.stderr)
+            return 1
+        print(
+            f"Companion at {args.server} ({args.locale}). A wellness companion, not a therapist"
+            " or a doctor.\nType a message and press Enter; Ctrl-D to leave.\n",
+            file=sys.stderr,
+        )
+        _chat_loop(lambda text: client.send(sid, text))
+        print(f"Session {sid} is kept on the server.", file=sys.stderr)
+    return 0
+
+
 def _cmd_chat(args: argparse.Namespace) -> int:
     from . import Companion, GenerationConfig, PipelineConfig
 
+    if args.server:
+        return _cmd_chat_remote(args)
     print(
         "Loading models (the first run converts the embedded model, about a minute)...",
         file=sys.stderr,
@@ -88,31 +127,78 @@ def _cmd_chat(args: argparse.Namespace) -> int:
             "Type a message and press Enter; Ctrl-D to leave.\n",
             file=sys.stderr,
         )
-        prompt = "you> " if sys.stdin.isatty() else ""  # piped input: keep stdout to replies
-        while True:
-            try:
-                text = input(prompt)
-            except (EOFError, KeyboardInterrupt):
-                print(file=sys.stderr)
-                break
-            if not text.strip():
-                continue
-            reply = session.send(text)
-            tag = (
-                f" [redirected: {reply.category.value}]"
-                if reply.action is Action.REDIRECTED
-                else ""
-            )
-            print(f"companion{tag}> {reply.text}\n", flush=True)
+        _chat_loop(session.send)
         if not args.memory:
             print(f"Session {session.id} is kept in the session store.", file=sys.stderr)
+    return 0
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from ._logging import configure_logging
+    from .errors import ModelLoadError
+    from .server import CompanionServer, ServerSettings, serve
+
+    try:
+        settings = ServerSettings.from_file(args.config) if args.config else ServerSettings()
+        settings = ServerSettings.from_env(base=settings).replace(
+            host=args.host, port=args.port, metrics_port=args.metrics_port
+        )
+    except (OSError, ValueError) as exc:
+        print(f"companion serve: {exc}", file=sys.stderr)
+        return 2
+    configure_logging(args.log_level or settings.log_level)
+    me = sys.argv[0] if os.path.basename(sys.argv[0]) == "companion" else "companion"
+
+    def listening(server: CompanionServer) -> None:
+        metrics = (
+            f"; metrics at http://{settings.host}:{server.metrics_port}/metrics"
+            if server.metrics_port is not None
+            else ""
+        )
+        auth = "API keys required" if settings.api_keys else "no authentication"
+        print(
+            f"companion: gRPC on {server.address} (plaintext, {auth}){metrics}\n"
+            "Loading models (the first run converts the embedded model, about a minute); "
+            "health is NOT_SERVING until they are ready...",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    def ready(server: CompanionServer) -> None:
+        host = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "[::]") else settings.host
+        target = f"{host}:{server.port}"
+        print(
+            f"Ready (health SERVING). Talk to it:\n"
+            f"  {me} chat --server {target}\n"
+            f'  grpcurl -plaintext -d \'{{"locale": "en-US"}}\' {target} '
+            "companion.v1.CompanionService/CreateSession\n"
+            f"  python -c 'from companion.client import CompanionClient; "
+            f'cl = CompanionClient("{target}"); '
+            f'print(cl.send(cl.create_session(), "hello").text)\'\n'
+            f"Ctrl-C stops it (in-flight turns get {settings.grace_seconds:g} s to finish).",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    try:
+        asyncio.run(serve(settings, on_listening=listening, on_ready=ready))
+    except ModelLoadError as exc:
+        print(f"companion serve: {exc}", file=sys.stderr)
+        return 1
+    except (OSError, RuntimeError) as exc:  # e.g. the port is taken
+        print(f"companion serve: cannot serve on {settings.address}: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``companion`` command."""
     parser = argparse.ArgumentParser(prog="companion", description=__doc__)
-    parser.add_argument("--log-level", default="warning", help="structlog level (default: warning)")
+    parser.add_argument(
+        "--log-level", default=None, help="structlog level (default: warning; serve: info)"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     chat = sub.add_parser("chat", help="chat in the terminal through the guarded pipeline")
@@ -122,7 +208,26 @@ def build_parser() -> argparse.ArgumentParser:
     chat.add_argument("--model", default=None, help="base model dir or hub id (default: embedded)")
     chat.add_argument("--adapter", default=None, help="PEFT adapter directory")
     chat.add_argument("--max-new-tokens", type=int, default=160)
+    chat.add_argument("--server", default=None, help="chat through a gRPC server at HOST:PORT")
+    chat.add_argument(
+        "--api-key", default=None, help="with --server: API key (default: $COMPANION_API_KEY)"
+    )
+    chat.add_argument(
+        "--wait", type=float, default=300.0, help="with --server: seconds to wait for SERVING"
+    )
     chat.set_defaults(func=_cmd_chat)
+
+    srv = sub.add_parser(
+        "serve",
+        help="run the gRPC service (settings: --config FILE, COMPANION_* variables, flags)",
+    )
+    srv.add_argument("--host", default=None, help="interface (default: 127.0.0.1)")
+    srv.add_argument("--port", type=int, default=None, help="gRPC port (default: 50051)")
+    srv.add_argument(
+        "--metrics-port", type=int, default=None, help="Prometheus port (default: 9464)"
+    )
+    srv.add_argument("--config", default=None, help="TOML or YAML settings file")
+    srv.set_defaults(func=_cmd_serve)
 
     cls = sub.add_parser("classify", help="print the safety verdict of a text as JSON")
     cls.add_argument("text", nargs="?", help="text to classify")
@@ -143,7 +248,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from ._logging import configure_logging
 
-    configure_logging(args.log_level)
+    configure_logging(args.log_level or "warning")
     return int(args.func(args))
 
 

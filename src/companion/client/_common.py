@@ -1,0 +1,78 @@
+"""What the sync and async clients share: events, error mapping, message conversion."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import grpc
+
+from .. import _wire
+from .._proto.companion.v1 import companion_pb2 as pb
+from ..errors import (
+    Cancelled,
+    CompanionError,
+    DeadlineExceeded,
+    InvalidArgument,
+    PermissionDenied,
+    ResourceExhausted,
+    SessionNotFound,
+    Unavailable,
+)
+from ..pipeline import TextDelta, TurnDone
+from ..types import Category
+
+__all__ = ["ClientEvent", "Replaced", "error_from_rpc", "event_from_pb", "metadata_for"]
+
+DEFAULT_TIMEOUT = 120.0
+
+
+@dataclass(frozen=True)
+class Replaced:
+    """The text streamed so far must be discarded; the next :class:`TurnDone` has the reply.
+
+    Args:
+        category: The category of the check that fired.
+    """
+
+    category: Category
+
+
+ClientEvent = TextDelta | Replaced | TurnDone
+"""What :meth:`CompanionClient.stream` yields: deltas, maybe ``Replaced``, then ``TurnDone``."""
+
+_ERRORS: Mapping[grpc.StatusCode, type[CompanionError]] = {
+    grpc.StatusCode.INVALID_ARGUMENT: InvalidArgument,
+    grpc.StatusCode.NOT_FOUND: SessionNotFound,
+    grpc.StatusCode.PERMISSION_DENIED: PermissionDenied,
+    grpc.StatusCode.UNAUTHENTICATED: PermissionDenied,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: ResourceExhausted,
+    grpc.StatusCode.UNAVAILABLE: Unavailable,
+    grpc.StatusCode.DEADLINE_EXCEEDED: DeadlineExceeded,
+    grpc.StatusCode.CANCELLED: Cancelled,
+}
+
+
+def error_from_rpc(err: grpc.RpcError) -> CompanionError:
+    """The library error for a failed call; the message starts with the status code name."""
+    code = err.code() if hasattr(err, "code") else grpc.StatusCode.UNKNOWN
+    details = err.details() if hasattr(err, "details") else ""
+    cls = _ERRORS.get(code, CompanionError)
+    return cls(f"{code.name}: {details}")
+
+
+def metadata_for(api_key: str | None) -> tuple[tuple[str, str], ...]:
+    """Call metadata that carries ``api_key``."""
+    return (("authorization", f"Bearer {api_key}"),) if api_key else ()
+
+
+def event_from_pb(m: pb.StreamMessageResponse) -> ClientEvent | None:
+    """A stream event; ``None`` for kinds this client does not know (skip them)."""
+    kind = m.WhichOneof("event")
+    if kind == "delta":
+        return TextDelta(m.delta.text)
+    if kind == "replaced":
+        return Replaced(_wire.category_from_pb(m.replaced.category))
+    if kind == "done":
+        return TurnDone(_wire.reply_from_pb(m.done.reply), replaced=m.done.replaced)
+    return None

@@ -1,0 +1,228 @@
+"""The gRPC server, assembled in one place from :class:`ServerSettings`.
+
+Start-up order: bind the port and answer health checks as NOT_SERVING at once; load the models
+and run one short generation in the background; then switch health to SERVING. Shutdown
+(SIGTERM/SIGINT or :meth:`CompanionServer.stop`): health goes NOT_SERVING, new calls are
+refused, in-flight turns get ``grace_seconds`` to finish.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+from collections.abc import Callable
+from typing import Any
+
+import structlog
+from grpc import aio
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from .._companion import Companion
+from .._proto.companion.v1 import companion_pb2 as pb
+from .._proto.companion.v1 import companion_pb2_grpc as pb_grpc
+from ..config import GenerationConfig
+from .interceptors import ServiceInterceptor
+from .metrics import Metrics
+from .servicer import CompanionServicer
+from .settings import ServerSettings
+
+__all__ = ["SERVICE_NAME", "CompanionServer", "load_companion", "serve", "warm_up"]
+
+log = structlog.get_logger("companion.server")
+
+SERVICE_NAME: str = pb.DESCRIPTOR.services_by_name["CompanionService"].full_name
+# Generous for 4000 characters of UTF-8 plus metadata; larger messages get RESOURCE_EXHAUSTED
+# from the transport before they reach the servicer.
+MAX_RECEIVE_BYTES = 64 * 1024
+
+CompanionFactory = Callable[[ServerSettings], Companion]
+
+
+def load_companion(settings: ServerSettings) -> Companion:
+    """The library facade these settings describe (embedded models unless named)."""
+    return Companion.from_defaults(
+        settings.session_store,
+        model=settings.model,
+        adapter=settings.adapter,
+        encoder=settings.encoder,
+        db_path=settings.db_path,
+        config=settings.pipeline_config(),
+        device=settings.device,
+    )
+
+
+def warm_up(companion: Companion) -> None:
+    """One guard check and a two-token generation, so that the first real turn is not slow."""
+    pipeline = companion.pipeline
+    pipeline.guard.classify("Hello")
+    messages = [{"role": "user", "content": "Hello"}]
+    for _ in pipeline.generator.stream(
+        messages, GenerationConfig(max_new_tokens=2, do_sample=False)
+    ):
+        pass
+
+
+class CompanionServer:
+    """The service: companion API, health, reflection, interceptor and metrics endpoint.
+
+    Args:
+        settings: Address, keys, models and limits.
+        companion: An already built facade (tests, custom parts); when ``None`` the models are
+            loaded in the background by ``factory``.
+        factory: Builds the facade from the settings; :func:`load_companion` by default.
+
+    Example:
+        >>> server = CompanionServer(ServerSettings(port=0, metrics_port=None))
+        >>> await server.start(); await server.wait_ready()
+        >>> server.port
+    """
+
+    def __init__(
+        self,
+        settings: ServerSettings,
+        companion: Companion | None = None,
+        *,
+        factory: CompanionFactory = load_companion,
+    ) -> None:
+        self.settings = settings
+        self.metrics = Metrics()
+        self.servicer = CompanionServicer()
+        self.health = health.aio.HealthServicer()
+        self._companion = companion
+        self._factory = factory
+        self._owns_companion = companion is None
+        self._loading: asyncio.Task[None] | None = None
+        self._server: aio.Server | None = None
+        self.port = 0
+        self.metrics_port: int | None = None
+
+    @property
+    def address(self) -> str:
+        """``host:port`` the server listens on (after :meth:`start`)."""
+        return f"{self.settings.host}:{self.port}"
+
+    async def start(self) -> None:
+        """Bind, start serving (health NOT_SERVING) and begin loading the models."""
+        s = self.settings
+        server = aio.server(
+            interceptors=[ServiceInterceptor(self.metrics, s.api_keys)],
+            options=[
+                ("grpc.max_receive_message_length", MAX_RECEIVE_BYTES),
+                ("grpc.so_reuseport", 0),
+            ],
+            maximum_concurrent_rpcs=s.max_concurrent_rpcs,
+        )
+        pb_grpc.add_CompanionServiceServicer_to_server(self.servicer, server)  # type: ignore[no-untyped-call]
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        reflection.enable_server_reflection(
+            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+        )
+        for name in ("", SERVICE_NAME):
+            await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+        self.port = server.add_insecure_port(s.address)
+        if self.port == 0:
+            raise OSError(f"could not bind {s.address}")
+        await server.start()
+        self._server = server
+        if s.metrics_port is not None:
+            self.metrics_port = self.metrics.serve_http(s.host, s.metrics_port)
+        log.info(
+            "server_started",
+            address=self.address,
+            metrics_port=self.metrics_port,
+            auth=bool(s.api_keys),
+        )
+        self._loading = asyncio.create_task(self._load())
+
+    async def _load(self) -> None:
+        started = time.perf_counter()
+        try:
+            companion = self._companion
+            if companion is None:
+                companion = await asyncio.to_thread(self._factory, self.settings)
+                self._companion = companion
+            if self.settings.warmup:
+                await asyncio.to_thread(warm_up, companion)
+        except Exception as exc:
+            log.error("model_load_failed", error=type(exc).__name__, detail=str(exc))
+            raise
+        self.servicer.companion = companion
+        for name in ("", SERVICE_NAME):
+            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        log.info("serving", load_ms=round((time.perf_counter() - started) * 1000))
+
+    async def wait_ready(self, timeout: float | None = None) -> None:
+        """Wait until the models are loaded and health is SERVING.
+
+        Raises:
+            ModelLoadError: loading failed (the server keeps answering NOT_SERVING).
+            TimeoutError: not ready within ``timeout`` seconds.
+        """
+        if self._loading is None:
+            raise RuntimeError("call start() first")
+        await asyncio.wait_for(asyncio.shield(self._loading), timeout)
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Refuse new calls, give in-flight ones ``grace`` seconds, then close everything."""
+        grace = self.settings.grace_seconds if grace is None else grace
+        await self.health.enter_graceful_shutdown()
+        if self._server is not None:
+            await self._server.stop(grace)
+            self._server = None
+        if self._loading is not None and not self._loading.done():
+            self._loading.cancel()
+        self.metrics.close()
+        if self._owns_companion and self._companion is not None:
+            self._companion.close()
+        log.info("server_stopped")
+
+    async def wait_for_termination(self) -> None:
+        """Block until the server stops."""
+        if self._server is not None:
+            await self._server.wait_for_termination()
+
+
+async def serve(
+    settings: ServerSettings,
+    *,
+    factory: CompanionFactory = load_companion,
+    on_listening: Callable[[CompanionServer], Any] | None = None,
+    on_ready: Callable[[CompanionServer], Any] | None = None,
+) -> None:
+    """Run the server until SIGTERM or SIGINT, then shut down gracefully.
+
+    Args:
+        settings: What to serve and where.
+        factory: Builds the facade from the settings.
+        on_listening: Called once the port is bound (before the models are ready).
+        on_ready: Called once health is SERVING.
+
+    Raises:
+        ModelLoadError: the models could not be loaded.
+    """
+    server = CompanionServer(settings, factory=factory)
+    await server.start()
+    if on_listening is not None:
+        on_listening(server)
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stopping.set)
+    try:
+        ready = asyncio.ensure_future(server.wait_ready())
+        stop_wait = asyncio.ensure_future(stopping.wait())
+        done, _ = await asyncio.wait({ready, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
+        if ready in done:
+            ready.result()  # re-raises a load error
+            if on_ready is not None:
+                on_ready(server)
+            await stop_wait
+        else:
+            ready.cancel()
+        log.info("shutting_down", grace_seconds=settings.grace_seconds)
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+        await server.stop()

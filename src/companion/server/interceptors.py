@@ -1,0 +1,269 @@
+"""The one server interceptor: authentication, error mapping, canonical log line, metrics.
+
+It wraps every ``companion.v1.CompanionService`` method (health and reflection pass through):
+
+- API keys (optional): ``authorization: Bearer <key>`` metadata is compared in constant time
+  with every configured key; the caller's owner id (a hash of the key, never the key) is put
+  in a context variable for the servicer (:func:`caller_owner`).
+- Errors: each :class:`~companion.errors.CompanionError` becomes one status code
+  (:data:`STATUS_CODES`); anything else is INTERNAL with a generic message, never UNKNOWN.
+- One ``rpc`` structlog line per call with method, code, latency, session id and verdict; and
+  the Prometheus metrics. Message and reply text are never read here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import hashlib
+import hmac
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import Any
+
+import grpc
+import structlog
+from grpc import aio
+
+from .._proto.companion.v1 import companion_pb2 as pb
+from ..errors import (
+    Cancelled,
+    CompanionError,
+    DeadlineExceeded,
+    InvalidArgument,
+    ModelLoadError,
+    PermissionDenied,
+    ResourceExhausted,
+    SessionNotFound,
+    Unavailable,
+)
+from .metrics import Metrics
+
+__all__ = ["STATUS_CODES", "ServiceInterceptor", "caller_owner", "owner_of_key"]
+
+log = structlog.get_logger("companion.server")
+
+SERVICE_PREFIX = "/companion.v1.CompanionService/"
+
+STATUS_CODES: dict[type[CompanionError], grpc.StatusCode] = {
+    InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
+    SessionNotFound: grpc.StatusCode.NOT_FOUND,
+    PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
+    ResourceExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    Unavailable: grpc.StatusCode.UNAVAILABLE,
+    ModelLoadError: grpc.StatusCode.UNAVAILABLE,
+    DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
+    Cancelled: grpc.StatusCode.CANCELLED,
+}
+"""Library error class -> status code (the first matching base class wins)."""
+
+_owner: contextvars.ContextVar[str | None] = contextvars.ContextVar("companion_owner", default=None)
+
+
+def caller_owner() -> str | None:
+    """The authenticated caller's owner id, or ``None`` when authentication is off."""
+    return _owner.get()
+
+
+def owner_of_key(key: str) -> str:
+    """The owner id stored with sessions created by ``key``: a hash, so the key is never stored."""
+    return "key:" + hashlib.sha256(key.encode()).hexdigest()[:32]
+
+
+def status_for(exc: CompanionError) -> grpc.StatusCode:
+    """The status code of a library error."""
+    for cls in type(exc).__mro__:
+        if cls in STATUS_CODES:
+            return STATUS_CODES[cls]
+    return grpc.StatusCode.INTERNAL
+
+
+class _Call:
+    """What the canonical log line and the metrics record about one RPC."""
+
+    def __init__(self, method: str) -> None:
+        self.method = method
+        self.started = time.perf_counter()
+        self.code = grpc.StatusCode.OK
+        self.fields: dict[str, Any] = {}
+
+    def saw_request(self, request: Any) -> None:
+        sid = getattr(request, "session_id", "")
+        if sid:
+            self.fields["session_id"] = sid
+
+    def saw_response(self, response: Any, metrics: Metrics) -> None:
+        name = type(response).__name__
+        if name == "CreateSessionResponse":
+            self.fields["session_id"] = response.session_id
+        elif name == "StreamMessageResponse" and response.WhichOneof("event") == "done":
+            self.fields["replaced"] = response.done.replaced
+            self.saw_response(response.done.reply, metrics)
+        elif name == "SendMessageResponse":
+            category = _enum_name(pb.Category, response.category)
+            action = _enum_name(pb.Action, response.action)
+            self.fields.update(category=category, action=action, turn_index=response.turn_index)
+            if response.HasField("verdict"):
+                self.fields["decided_by"] = _enum_name(pb.Direction, response.verdict.direction)
+                self.fields["policy_version"] = response.verdict.policy_version
+            metrics.turns.labels(action, category).inc()
+            for field in ("input_verdict", "output_verdict"):
+                if response.HasField(field):
+                    v = getattr(response, field)
+                    metrics.guard_decisions.labels(
+                        _enum_name(pb.Category, v.category), _enum_name(pb.Direction, v.direction)
+                    ).inc()
+        elif name == "GetHistoryResponse":
+            self.fields["turns"] = len(response.turns)
+
+    def finish(self, metrics: Metrics) -> None:
+        elapsed = time.perf_counter() - self.started
+        code = self.code.name
+        metrics.rpc_latency.labels(self.method, code).observe(elapsed)
+        if self.code is not grpc.StatusCode.OK:
+            metrics.rpc_errors.labels(self.method, code).inc()
+        level = log.info if self.code is not grpc.StatusCode.INTERNAL else log.error
+        level(
+            "rpc",
+            method=self.method,
+            code=code,
+            latency_ms=round(elapsed * 1000, 2),
+            **self.fields,
+        )
+
+
+def _enum_name(enum: Any, value: int) -> str:
+    # CATEGORY_CRISIS -> "crisis": readable in logs and metric labels.
+    try:
+        return str(enum.Name(value)).split("_", 1)[1].lower()
+    except ValueError:
+        return str(value)
+
+
+class ServiceInterceptor(aio.ServerInterceptor):  # type: ignore[misc]  # grpc is untyped
+    """Authenticates, maps errors to status codes, logs and measures every service call.
+
+    Args:
+        metrics: Where RPC latencies, errors, turns and guard decisions are counted.
+        api_keys: Accepted bearer keys; empty disables authentication.
+    """
+
+    def __init__(self, metrics: Metrics, api_keys: Sequence[str] = ()) -> None:
+        self.metrics = metrics
+        self._keys = [k.encode() for k in api_keys]
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        method_path: str = handler_call_details.method
+        if handler is None or not method_path.startswith(SERVICE_PREFIX):
+            return handler
+        method = method_path.removeprefix(SERVICE_PREFIX)
+        metadata = handler_call_details.invocation_metadata
+        if handler.unary_unary is not None:
+            return grpc.unary_unary_rpc_method_handler(
+                self._wrap_unary(method, metadata, handler.unary_unary),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.unary_stream is not None:
+            return grpc.unary_stream_rpc_method_handler(
+                self._wrap_stream(method, metadata, handler.unary_stream),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        return handler  # pragma: no cover - the service has no client-streaming methods
+
+    def _authenticate(self, metadata: Any) -> str | None:
+        """The caller's owner id; raises _Unauthenticated when keys are on and none matches."""
+        if not self._keys:
+            return None
+        header = ""
+        for key, value in metadata or ():
+            if key == "authorization":
+                header = value if isinstance(value, str) else value.decode()
+        scheme, _, token = header.partition(" ")
+        presented = token.strip().encode() if scheme.lower() == "bearer" else b""
+        matched: bytes | None = None
+        for key in self._keys:  # compare with every key: timing does not reveal which matched
+            if hmac.compare_digest(presented, key):
+                matched = key
+        if matched is None:
+            raise _Unauthenticated
+        return owner_of_key(matched.decode())
+
+    def _wrap_unary(
+        self, method: str, metadata: Any, behavior: Callable[[Any, Any], Awaitable[Any]]
+    ) -> Callable[[Any, aio.ServicerContext[Any, Any]], Awaitable[Any]]:
+        async def unary(request: Any, context: aio.ServicerContext[Any, Any]) -> Any:
+            call = _Call(method)
+            call.saw_request(request)
+            self.metrics.in_flight.inc()
+            try:
+                _owner.set(self._authenticate(metadata))
+                response = await behavior(request, context)
+                call.saw_response(response, self.metrics)
+                return response
+            except BaseException as exc:
+                await self._fail(call, context, exc)
+                raise  # pragma: no cover - _fail aborts or re-raises
+            finally:
+                self.metrics.in_flight.dec()
+                call.finish(self.metrics)
+
+        return unary
+
+    def _wrap_stream(
+        self, method: str, metadata: Any, behavior: Callable[[Any, Any], AsyncIterator[Any]]
+    ) -> Callable[[Any, aio.ServicerContext[Any, Any]], AsyncIterator[Any]]:
+        async def stream(
+            request: Any, context: aio.ServicerContext[Any, Any]
+        ) -> AsyncIterator[Any]:
+            call = _Call(method)
+            call.saw_request(request)
+            self.metrics.in_flight.inc()
+            try:
+                _owner.set(self._authenticate(metadata))
+                async for response in behavior(request, context):
+                    call.saw_response(response, self.metrics)
+                    yield response
+            except BaseException as exc:
+                await self._fail(call, context, exc)
+                raise  # pragma: no cover
+            finally:
+                self.metrics.in_flight.dec()
+                call.finish(self.metrics)
+
+        return stream
+
+    async def _fail(
+        self, call: _Call, context: aio.ServicerContext[Any, Any], exc: BaseException
+    ) -> None:
+        """Record the status of a failed call and abort it with the mapped code."""
+        if isinstance(exc, asyncio.CancelledError | GeneratorExit):
+            # The client went away or its deadline passed; grpc already sent the status.
+            remaining = context.time_remaining()
+            expired = remaining is not None and remaining <= 0
+            call.code = grpc.StatusCode.DEADLINE_EXCEEDED if expired else grpc.StatusCode.CANCELLED
+            raise exc
+        if isinstance(exc, aio.AbortError):  # the servicer aborted itself
+            call.code = context.code() or grpc.StatusCode.UNKNOWN
+            raise exc
+        if isinstance(exc, _Unauthenticated):
+            call.code = grpc.StatusCode.UNAUTHENTICATED
+            await context.abort(call.code, "missing or invalid API key (authorization: Bearer)")
+        if isinstance(exc, CompanionError):
+            call.code = status_for(exc)
+            call.fields["error"] = type(exc).__name__
+            await context.abort(call.code, str(exc))
+        # A bug, not a bad request: say so without details (they could hold text).
+        call.code = grpc.StatusCode.INTERNAL
+        call.fields["error"] = type(exc).__name__
+        await context.abort(call.code, "internal error")
+
+
+class _Unauthenticated(Exception):
+    pass
