@@ -259,12 +259,14 @@ def test_cancelled_stream_stops_generation_and_stores_nothing(served):
     server, gen = served
     gen.stopped.clear()
     sid = server.client.create_session()
-    for event in server.client.stream(sid, "SLOW please"):
-        assert isinstance(event, TextDelta)
-        break  # leaving the loop cancels the call
-    assert gen.stopped.wait(5), "generation did not stop after the call was cancelled"
-    time.sleep(0.1)
+    with capture_logs() as logs:
+        for event in server.client.stream(sid, "SLOW please"):
+            assert isinstance(event, TextDelta)
+            break  # leaving the loop cancels the call
+        assert gen.stopped.wait(5), "generation did not stop after the call was cancelled"
+        time.sleep(0.1)
     assert server.client.history(sid) == []
+    assert any(e.get("method") == "StreamMessage" and e["code"] == "CANCELLED" for e in logs)
 
 
 def test_deadline_exceeded_stops_generation_and_stores_nothing(served, stub):
@@ -272,10 +274,12 @@ def test_deadline_exceeded_stops_generation_and_stores_nothing(served, stub):
     gen.stopped.clear()
     sid = server.client.create_session()
     req = pb.SendMessageRequest(session_id=sid, text="SLOW please")
-    assert _code(stub.SendMessage, req, timeout=0.3) == grpc.StatusCode.DEADLINE_EXCEEDED
-    assert gen.stopped.wait(5)
-    time.sleep(0.1)
+    with capture_logs() as logs:
+        assert _code(stub.SendMessage, req, timeout=0.3) == grpc.StatusCode.DEADLINE_EXCEEDED
+        assert gen.stopped.wait(5)
+        time.sleep(0.1)
     assert server.client.history(sid) == []
+    assert any(e.get("method") == "SendMessage" and e["code"] == "DEADLINE_EXCEEDED" for e in logs)
 
 
 def test_cancelled_unary_call_stores_nothing(served, stub):
