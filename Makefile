@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(VENV)/bin/pip
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup serve chat test test-fast lint typecheck proto clean
+.PHONY: setup serve chat test test-fast lint typecheck proto clean safety-model safety-eval
 
 setup: $(STAMP)
 
@@ -42,6 +42,16 @@ typecheck: setup
 # Regenerate src/companion/_proto from proto/ (committed; tests/test_proto_drift.py checks it).
 proto: setup
 	$(PY) scripts/gen_proto.py
+
+# The safety classifier: rebuild the shipped artifact from ../shared/data, then measure it.
+safety-model: setup
+	$(PY) safety/prepare.py
+	$(PY) safety/train.py
+	$(PY) safety/calibrate.py --install
+
+safety-eval: setup
+	$(PY) safety/evaluate.py
+	$(PY) safety/benchmark.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info

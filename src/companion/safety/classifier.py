@@ -1,28 +1,34 @@
-"""The embedding safety classifier: a sentence encoder plus a scoring head plus thresholds.
+"""The embedding safety classifier: normalisation + sentence encoder + trained head + thresholds.
 
-SetFit-style composition: :class:`SafetyClassifier` receives its encoder and head. The default
-(:meth:`SafetyClassifier.from_defaults`) uses the embedded all-MiniLM-L6-v2 encoder and the head
-shipped in the package.
+SetFit-style composition: :class:`SafetyClassifier` receives its encoder, head and policy. The
+default (:meth:`SafetyClassifier.from_defaults`) is the embedded all-MiniLM-L6-v2 encoder on
+its lean path plus the logistic-regression head and calibrated thresholds shipped in the package
+(``artifacts/default``), produced by ``safety/{prepare,train,calibrate}.py``.
+
+Conversation awareness: a user message is scored from two embeddings, the newest message alone
+and the *window* (the last ``policy.context_turns`` user turns plus the newest, oldest first).
+The head sees both, so it can learn that "I'm parked next to it now" after questions about a
+bridge's height is a crisis, while an old crisis turn followed by "can you suggest a book?" is
+not. The classifier itself keeps no state between calls.
 """
 
 from __future__ import annotations
 
-import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from importlib import resources
-from typing import Any
+from pathlib import Path
 
 import numpy as np
 
+from ..errors import ModelLoadError
 from ..protocols import Encoder
 from ..types import Category, Direction, Role, Verdict
-from .heads import ExemplarHead, Head
+from .artifact import Policy, load_artifact
+from .features import build_features
+from .heads import FloatArray, Head
+from .normalize import normalize
 
-__all__ = ["ClassifyItem", "SafetyClassifier"]
-
-# Crisis outranks medical: the first label, in this order, that reaches its threshold wins.
-_PRIORITY = ("crisis", "medical")
+__all__ = ["ClassifyItem", "SafetyClassifier", "encoder_inputs", "window_text"]
 
 
 @dataclass(frozen=True)
@@ -40,58 +46,95 @@ class ClassifyItem:
     context: tuple[str, ...] = ()
 
 
+def window_text(text: str, context: Sequence[str], turns: int, max_words: int) -> str:
+    """The newest message joined after up to ``turns`` earlier turns that fit in ``max_words``.
+
+    The newest message is always kept; older turns are dropped first.
+    """
+    parts = [text]
+    words = len(text.split())
+    for turn in reversed(list(context)[-turns:] if turns > 0 else []):
+        n = len(turn.split())
+        if words + n > max_words:
+            break
+        parts.append(turn)
+        words += n
+    return "\n".join(reversed(parts))
+
+
+def encoder_inputs(item: ClassifyItem, policy: Policy) -> tuple[str, str | None]:
+    """The normalised texts to encode for ``item``: the newest message and, when the user-side
+    window differs from it, the window (else ``None``)."""
+    newest = normalize(item.text)
+    if Role(item.role) is not Role.USER or policy.user_features != "newest+window":
+        return newest, None
+    context = [normalize(t) for t in item.context if t and t.strip()]
+    if not context or policy.context_turns == 0:
+        return newest, None
+    window = window_text(newest, context, policy.context_turns, policy.context_max_words)
+    return newest, (None if window == newest else window)
+
+
 class SafetyClassifier:
     """Scores messages for ``crisis`` and ``medical`` content.
 
     Args:
-        encoder: Produces normalised sentence embeddings.
-        head: Turns embeddings into per-label scores.
-        thresholds: Per label, the score at or above which the label fires.
-        policy_version: Recorded in every verdict.
+        encoder: Produces L2-normalised sentence embeddings.
+        head: Turns feature rows into per-label scores, per role.
+        policy: Labels, thresholds per role, context policy and version.
 
     Example:
         >>> clf = SafetyClassifier.from_defaults()
         >>> clf.classify("I want to kill myself").category
         <Category.CRISIS: 'crisis'>
+        >>> clf.classify("I'm parked next to it now",
+        ...              context=["How high is that bridge?", "How long would the fall take?"]
+        ...              ).category
+        <Category.CRISIS: 'crisis'>
     """
 
-    def __init__(
-        self,
-        encoder: Encoder,
-        head: Head,
-        thresholds: Mapping[str, float],
-        policy_version: str,
-    ) -> None:
-        missing = set(head.labels) - set(thresholds)
-        if missing:
-            raise ValueError(f"thresholds missing for labels {sorted(missing)}")
+    def __init__(self, encoder: Encoder, head: Head, policy: Policy) -> None:
+        if set(head.labels) != set(policy.labels):
+            raise ValueError(f"head labels {head.labels} differ from policy {policy.labels}")
         self.encoder = encoder
         self.head = head
-        self.thresholds = dict(thresholds)
-        self.policy_version = policy_version
+        self.policy = policy
+        self.policy_version = policy.policy_version
 
     @classmethod
-    def from_defaults(cls, encoder: Encoder | None = None) -> SafetyClassifier:
-        """The shipped classifier on the embedded encoder (or on ``encoder`` if given)."""
-        if encoder is None:
-            from ..models.encoder import load_encoder
-
-            encoder = load_encoder()
-        return cls.from_exemplars(encoder)
-
-    @classmethod
-    def from_exemplars(
-        cls, encoder: Encoder, spec: Mapping[str, Any] | None = None
+    def from_defaults(
+        cls, encoder: Encoder | None = None, artifact: str | Path | None = None
     ) -> SafetyClassifier:
-        """A nearest-neighbour classifier over labelled examples (``data/exemplars.json``)."""
-        if spec is None:
-            raw = resources.files(__package__).joinpath("data/exemplars.json").read_text("utf-8")
-            spec = json.loads(raw)
-        examples = {
-            Role(role): {label: encoder.encode(texts) for label, texts in spec[role].items()}
-            for role in ("user", "assistant")
-        }
-        return cls(encoder, ExemplarHead(examples), spec["thresholds"], spec["policy_version"])
+        """The shipped classifier (or the artifact folder ``artifact``) on its encoder.
+
+        Args:
+            encoder: The encoder the artifact was trained on; ``None`` loads the embedded
+                all-MiniLM-L6-v2. An encoder whose ``name`` differs from the artifact's
+                ``encoder`` is refused: a head only fits the embeddings it was trained on.
+            artifact: A folder written by ``safety/calibrate.py``; ``None`` for the shipped one.
+
+        Raises:
+            ModelLoadError: the artifact is missing or was trained on another encoder.
+        """
+        head, policy = load_artifact(artifact)
+        if encoder is None:
+            from ..models.encoder import EMBEDDED_ENCODER, load_encoder
+
+            encoder = load_encoder(None if policy.encoder == EMBEDDED_ENCODER else policy.encoder)
+        name = getattr(encoder, "name", None)
+        if name is not None and name != policy.encoder:
+            raise ModelLoadError(
+                f"the safety head was trained on encoder {policy.encoder!r}, not {name!r}; "
+                "train a head for this encoder with the safety/ scripts and pass artifact="
+            )
+        from .encoding import lean
+
+        return cls(lean(encoder), head, policy)
+
+    @property
+    def thresholds(self) -> dict[str, dict[str, float]]:
+        """Per role, the score at or above which each label fires."""
+        return {r: dict(t) for r, t in self.policy.thresholds.items()}
 
     def classify(
         self, text: str, role: Role | str = Role.USER, context: Sequence[str] = ()
@@ -101,7 +144,7 @@ class SafetyClassifier:
         Args:
             text: The message.
             role: ``"user"`` for the person's message, ``"assistant"`` for a model reply.
-            context: Earlier user turns, oldest first.
+            context: Earlier user turns, oldest first (ignored for assistant replies).
 
         Returns:
             The verdict; its category is ``NONE`` unless a score reached its threshold.
@@ -110,26 +153,84 @@ class SafetyClassifier:
 
     def classify_batch(self, items: Sequence[ClassifyItem]) -> list[Verdict]:
         """Check many messages in one encoder pass."""
-        if not items:
-            return []
-        embeddings = self.encoder.encode([item.text for item in items])
-        roles = np.array([Role(item.role) is Role.USER for item in items])
-        scores = np.zeros((len(items), len(self.head.labels)), dtype=np.float32)
-        for role, mask in ((Role.USER, roles), (Role.ASSISTANT, ~roles)):
-            if mask.any():
-                scores[mask] = self.head.scores(embeddings[mask], role)
+        scores = self.score_batch(items)
         return [
             self._verdict(row, Role(item.role)) for row, item in zip(scores, items, strict=True)
         ]
 
-    def _verdict(self, row: np.ndarray, role: Role) -> Verdict:
+    def score_batch(self, items: Sequence[ClassifyItem]) -> FloatArray:
+        """Raw scores of shape ``(len(items), len(labels))``, columns in ``head.labels`` order.
+
+        For a user message with context, three texts are scored: the newest message alone
+        (``alone``), the window ending with it (``full``) and the window without it (``prev``).
+        Under the ``"rise"`` context rule the window counts only when the newest message raises
+        the conversation's score (``full > prev``): escalation is caught, and an earlier
+        crisis turn does not make every later benign turn fire.
+        """
+        if not items:
+            return np.zeros((0, len(self.head.labels)), dtype=np.float32)
+        texts: list[str] = []
+        slots: list[tuple[int, int, int]] = []  # newest, window, previous (window = -1: none)
+        for item in items:
+            newest, window = encoder_inputs(item, self.policy)
+            texts.append(newest)
+            if window is None:
+                slots.append((len(texts) - 1, -1, -1))
+                continue
+            texts += [window, window[: len(window) - len(newest) - 1]]
+            slots.append((len(texts) - 3, len(texts) - 2, len(texts) - 1))
+        emb = self.encoder.encode(texts)
+        scores = np.zeros((len(items), len(self.head.labels)), dtype=np.float32)
+        for role in Role:
+            idx = [i for i, item in enumerate(items) if Role(item.role) is role]
+            if not idx:
+                continue
+            scores[idx] = self._score(emb, texts, [slots[i][0] for i in idx], None, role)
+            ctx = [i for i in idx if slots[i][1] >= 0]
+            if not ctx:
+                continue
+            full = self._score(
+                emb, texts, [slots[i][0] for i in ctx], [slots[i][1] for i in ctx], role
+            )
+            if self.policy.context_rule == "window":
+                scores[ctx] = full
+                continue
+            prev = self._score(emb, texts, [slots[i][2] for i in ctx], None, role)
+            scores[ctx] = np.where(full > prev, np.maximum(scores[ctx], full), scores[ctx])
+        return scores
+
+    def _score(
+        self,
+        emb: FloatArray,
+        texts: list[str],
+        newest: list[int],
+        window: list[int] | None,
+        role: Role,
+    ) -> FloatArray:
+        """Head scores; without a window, a user text is its own window (no context)."""
+        if role is Role.USER and self.policy.user_features == "newest+window":
+            window = newest if window is None else window
+        else:
+            window = None
+        feats = build_features(
+            emb[newest],
+            [texts[j] for j in newest],
+            None if window is None else emb[window],
+            None if window is None else [texts[j] for j in window],
+            self.policy.ngram_buckets,
+            self.policy.ngram_scale,
+        )
+        return self.head.scores(feats, role)
+
+    def _verdict(self, row: FloatArray, role: Role) -> Verdict:
+        thresholds = dict(self.policy.thresholds[role.value])
         by_label = {
             label: round(float(s), 4) for label, s in zip(self.head.labels, row, strict=True)
         }
         category = Category.NONE
-        for label in _PRIORITY:
-            if label in by_label and by_label[label] >= self.thresholds[label]:
+        for label in self.policy.labels:  # crisis outranks medical: the policy's order
+            if label in by_label and float(row[self.head.labels.index(label)]) >= thresholds[label]:
                 category = Category(label)
                 break
         direction = Direction.INPUT if role is Role.USER else Direction.OUTPUT
-        return Verdict(category, by_label, dict(self.thresholds), self.policy_version, direction)
+        return Verdict(category, by_label, thresholds, self.policy_version, direction)

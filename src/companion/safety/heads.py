@@ -1,81 +1,95 @@
-"""Scoring heads: turn sentence embeddings into per-category scores in ``[0, 1]``.
+"""Scoring heads: turn features built from sentence embeddings into per-label scores in ``[0, 1]``.
 
-A head is anything with ``labels`` and ``scores(embeddings, role)``; the classifier does not care
-how it was made. :class:`ExemplarHead` is the first-generation nearest-neighbour head over
-hand-written examples.
+A head is anything with ``labels`` and ``scores(features, role)``; the classifier does not care
+how it was made. :class:`LinearHead` is the trained multi-label logistic-regression head that
+``safety/train.py`` fits, one weight matrix per role.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Protocol
+from pathlib import Path
+from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
 
 from ..types import Role
 
-__all__ = ["ExemplarHead", "Head"]
+__all__ = ["FloatArray", "Head", "LinearHead"]
 
 FloatArray = npt.NDArray[np.float32]
 
 
 class Head(Protocol):
-    """Maps embeddings to one score per label."""
+    """Maps features to one score per label."""
 
     labels: tuple[str, ...]
 
-    def scores(self, embeddings: FloatArray, role: Role) -> FloatArray:
-        """Scores of shape ``(n, len(labels))`` for ``n`` embeddings written by ``role``."""
+    def scores(self, features: Any, role: Role) -> FloatArray:
+        """Scores of shape ``(n, len(labels))`` for ``n`` feature rows written by ``role``."""
         ...
 
 
-class ExemplarHead:
-    """Similarity-weighted vote of the ``k`` nearest labelled examples.
-
-    For each query the ``k`` most similar examples (cosine) vote with weight
-    ``exp(similarity / temperature)``; a label's score is its share of the vote. Examples
-    labelled ``"none"`` take part in the vote, which is what keeps "this exam is killing me"
-    away from "I want to kill myself".
+class LinearHead:
+    """Independent logistic regressions per label: ``sigmoid(features @ W[role] + b[role])``.
 
     Args:
-        examples: Per role, ``{label: embeddings}``; must include ``"none"``.
-        labels: The scored labels, e.g. ``("crisis", "medical")``.
-        k: Neighbours that vote.
-        temperature: Softness of the vote.
+        weights: Per role, ``(W, b)`` with ``W`` of shape ``(n_features, n_labels)`` and ``b``
+            of shape ``(n_labels,)``.
+        labels: The scored labels, in the column order of ``W``.
+
+    Example:
+        >>> head = LinearHead({Role.USER: (np.eye(2, dtype=np.float32), np.zeros(2))},
+        ...                   ("crisis", "medical"))
+        >>> head.scores(np.array([[5.0, -5.0]], dtype=np.float32), Role.USER).round(2)
+        array([[0.99, 0.01]], dtype=float32)
     """
 
     def __init__(
         self,
-        examples: Mapping[Role, Mapping[str, FloatArray]],
+        weights: Mapping[Role, tuple[npt.ArrayLike, npt.ArrayLike]],
         labels: Sequence[str] = ("crisis", "medical"),
-        k: int = 5,
-        temperature: float = 0.05,
     ) -> None:
         self.labels = tuple(labels)
-        self.k = k
-        self.temperature = temperature
-        self._bank: dict[Role, tuple[FloatArray, npt.NDArray[np.int64]]] = {}
-        names = (*self.labels, "none")
-        for role, by_label in examples.items():
-            vecs = [
-                np.asarray(by_label[name], dtype=np.float32) for name in names if name in by_label
-            ]
-            ids = [
-                np.full(len(by_label[name]), i) for i, name in enumerate(names) if name in by_label
-            ]
-            self._bank[role] = (np.concatenate(vecs), np.concatenate(ids).astype(np.int64))
+        self._weights: dict[Role, tuple[FloatArray, FloatArray]] = {}
+        for role, (w, b) in weights.items():
+            w_arr = np.asarray(w, dtype=np.float32)
+            b_arr = np.asarray(b, dtype=np.float32).reshape(-1)
+            if w_arr.ndim != 2 or w_arr.shape[1] != len(self.labels):
+                raise ValueError(
+                    f"weights for role {Role(role).value!r} have shape {w_arr.shape}; "
+                    f"expected (n_features, {len(self.labels)})"
+                )
+            if b_arr.shape != (len(self.labels),):
+                raise ValueError(f"bias for role {Role(role).value!r} has shape {b_arr.shape}")
+            self._weights[Role(role)] = (w_arr, b_arr)
 
-    def scores(self, embeddings: FloatArray, role: Role) -> FloatArray:
-        """Vote shares of shape ``(n, len(labels))``."""
-        bank, ids = self._bank[role]
-        sims = embeddings @ bank.T
-        k = min(self.k, bank.shape[0])
-        top = np.argpartition(-sims, k - 1, axis=1)[:, :k]
-        top_sims = np.take_along_axis(sims, top, axis=1)
-        weights = np.exp((top_sims - top_sims.max(axis=1, keepdims=True)) / self.temperature)
-        weights /= weights.sum(axis=1, keepdims=True)
-        out = np.zeros((embeddings.shape[0], len(self.labels)), dtype=np.float32)
-        for j in range(len(self.labels)):
-            out[:, j] = (weights * (ids[top] == j)).sum(axis=1)
-        return out
+    def n_features(self, role: Role) -> int:
+        """Width of the feature rows this head expects for ``role``."""
+        return int(self._weights[Role(role)][0].shape[0])
+
+    def scores(self, features: Any, role: Role) -> FloatArray:
+        """Probabilities of shape ``(n, len(labels))``; ``features`` dense or scipy sparse."""
+        w, b = self._weights[Role(role)]
+        logits = np.asarray(features @ w, dtype=np.float32) + b
+        return np.asarray(1.0 / (1.0 + np.exp(-np.clip(logits, -30, 30))), dtype=np.float32)
+
+    def save(self, path: str | Path) -> None:
+        """Write the weights to an ``.npz`` file."""
+        arrays: dict[str, FloatArray] = {}
+        for role, (w, b) in self._weights.items():
+            arrays[f"{role.value}_W"] = w
+            arrays[f"{role.value}_b"] = b
+        np.savez_compressed(Path(path), **arrays)  # type: ignore[arg-type]
+
+    @classmethod
+    def load(cls, path: str | Path, labels: Sequence[str]) -> LinearHead:
+        """Read weights written by :meth:`save`."""
+        with np.load(Path(path)) as data:
+            weights = {
+                role: (data[f"{role.value}_W"], data[f"{role.value}_b"])
+                for role in Role
+                if f"{role.value}_W" in data
+            }
+        return cls(weights, labels)

@@ -1,0 +1,173 @@
+"""Helpers shared by the safety scripts (prepare -> train -> calibrate -> evaluate -> benchmark).
+
+Not part of the ``companion`` package: the scripts import the package, never the reverse.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_DATA_DIR = str(REPO_ROOT.parent / "shared" / "data")
+DEFAULT_RUN_DIR = str(REPO_ROOT / "runs" / "safety")
+SEED_DIR = str(REPO_ROOT / "safety" / "data")
+LABELS = ("crisis", "medical")
+
+
+def parse_args(cls: type) -> Any:
+    """Parse ``sys.argv`` into the dataclass ``cls`` (transformers' HfArgumentParser)."""
+    from transformers import HfArgumentParser
+
+    (args,) = HfArgumentParser(cls).parse_args_into_dataclasses()
+    return args
+
+
+def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
+    """Rows of a JSON-lines file."""
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def write_jsonl(path: str | Path, rows: Iterable[dict[str, Any]]) -> int:
+    """Write rows; returns how many."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    n = 0
+    with open(path, "w", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+            n += 1
+    return n
+
+
+def data_hash(rows: Sequence[dict[str, Any]]) -> str:
+    """A short sha256 of the rows' text, context, role and label (order-independent)."""
+    keys = sorted(
+        json.dumps([r["text"], r.get("context", []), r["role"], r["label"]], ensure_ascii=False)
+        for r in rows
+    )
+    return hashlib.sha256("\n".join(keys).encode("utf-8")).hexdigest()[:16]
+
+
+def targets(rows: Sequence[dict[str, Any]]) -> np.ndarray:
+    """Multi-label 0/1 targets of shape ``(n, len(LABELS))``."""
+    return np.array([[float(r["label"] == lab) for lab in LABELS] for r in rows], dtype=np.float32)
+
+
+class EmbeddingCache:
+    """Embeddings of normalised texts, cached on disk by sha1 so reruns skip the encoder.
+
+    Args:
+        encoder: An encoder with ``encode`` and ``name``.
+        path: ``.npz`` cache file (per encoder).
+    """
+
+    def __init__(self, encoder: Any, path: str | Path) -> None:
+        self.encoder = encoder
+        self.path = Path(path)
+        self._store: dict[str, np.ndarray] = {}
+        if self.path.exists():
+            with np.load(self.path) as data:
+                keys, vecs = data["keys"], data["vecs"]
+                self._store = {str(k): v for k, v in zip(keys, vecs, strict=True)}
+        self._dirty = False
+
+    @staticmethod
+    def _key(text: str) -> str:
+        return hashlib.sha1(text.encode("utf-8")).hexdigest()
+
+    def encode(self, texts: Sequence[str]) -> np.ndarray:
+        """Embeddings of ``texts`` (already normalised), encoding only the unseen ones."""
+        keys = [self._key(t) for t in texts]
+        missing = {k: t for k, t in zip(keys, texts, strict=True) if k not in self._store}
+        if missing:
+            todo = list(missing.items())
+            for start in range(0, len(todo), 256):
+                chunk = todo[start : start + 256]
+                vecs = self.encoder.encode([t for _, t in chunk])
+                for (k, _), v in zip(chunk, vecs, strict=True):
+                    self._store[k] = v
+                self._dirty = True
+                if (start // 256) % 8 == 7:
+                    self.save()  # a long first run that is interrupted keeps its progress
+                print(f"  encoded {min(start + 256, len(todo))}/{len(todo)} new texts", flush=True)
+        if not keys:
+            return np.zeros((0, 384), dtype=np.float32)
+        return np.stack([self._store[k] for k in keys]).astype(np.float32)
+
+    def save(self) -> None:
+        """Write the cache if anything was added."""
+        if not self._dirty:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        keys = np.array(list(self._store))
+        vecs = np.stack(list(self._store.values())).astype(np.float32)
+        np.savez(self.path, keys=keys, vecs=vecs)
+        self._dirty = False
+
+
+def cache_path(run_dir: str | Path, encoder_name: str) -> Path:
+    """Where embeddings by ``encoder_name`` are cached inside a run folder."""
+    digest = hashlib.sha1(encoder_name.encode("utf-8")).hexdigest()[:10]
+    return Path(run_dir) / "cache" / f"emb-{digest}.npz"
+
+
+def load_encoder_for(name: str) -> Any:
+    """The encoder ``name`` (``embedded`` for the embedded MiniLM) on the guard's lean path."""
+    from companion.models.encoder import EMBEDDED_ENCODER, load_encoder
+    from companion.safety.encoding import lean
+
+    return lean(load_encoder(None if name in ("embedded", EMBEDDED_ENCODER) else name))
+
+
+def features(rows: Sequence[dict[str, Any]], role: str, cache: EmbeddingCache, policy: Any) -> Any:
+    """Feature rows exactly as :class:`companion.safety.SafetyClassifier` builds them."""
+    from companion.safety import ClassifyItem, encoder_inputs
+    from companion.safety.features import build_features
+    from companion.types import Role
+
+    newest, windows = [], []
+    for r in rows:
+        item = ClassifyItem(r["text"], Role(role), tuple(r.get("context", ())))
+        n, w = encoder_inputs(item, policy)
+        newest.append(n)
+        windows.append(w if w is not None else n)
+    windowed = role == "user" and policy.user_features == "newest+window"
+    return build_features(
+        cache.encode(newest),
+        newest,
+        cache.encode(windows) if windowed else None,
+        windows if windowed else None,
+        policy.ngram_buckets,
+        policy.ngram_scale,
+    )
+
+
+def classifier_scores(
+    rows: Sequence[dict[str, Any]], role: str, cache: EmbeddingCache, head: Any, policy: Any
+) -> np.ndarray:
+    """Scores from the runtime :class:`SafetyClassifier` (context rule included), on cached
+    embeddings."""
+    from companion.safety import ClassifyItem, SafetyClassifier
+    from companion.types import Role
+
+    clf = SafetyClassifier(cache, head, policy)
+    items = [ClassifyItem(r["text"], Role(role), tuple(r.get("context", ()))) for r in rows]
+    return np.asarray(clf.score_batch(items))
+
+
+def banner(title: str) -> None:
+    """Print a section title (scripts read top to bottom; so does their output)."""
+    print(f"\n== {title}", flush=True)
+
+
+def die(msg: str) -> None:
+    """Exit with a message on stderr."""
+    print(msg, file=sys.stderr)
+    raise SystemExit(2)

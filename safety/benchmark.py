@@ -1,0 +1,115 @@
+"""Latency of one guard check on this CPU, next to the bare encoder on the same texts.
+
+Times, per text (one call each, batch of one, as the pipeline does):
+- ``encoder``: the bare encoder on the lean path (tokenize -> transformer -> mean pool);
+- ``check``: ``SafetyClassifier.classify`` (normalise + encode + head + thresholds), no context;
+- ``check+ctx``: the same with three earlier user turns (two texts encoded: newest, window);
+- ``st.encode``: ``SentenceTransformer.encode`` for reference.
+
+Texts are hand-written user messages of at most ``max_tokens`` tokens. Prints median and p95
+milliseconds and the check / encoder ratio; writes ``{run_dir}/benchmark.json``.
+
+Usage:
+    python safety/benchmark.py [--n 200] [--threads 0]
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from _common import DEFAULT_RUN_DIR, SEED_DIR, banner, parse_args, read_jsonl
+
+from companion.safety import SafetyClassifier, normalize
+
+
+@dataclass
+class Args:
+    n: int = field(default=200, metadata={"help": "texts to time"})
+    max_tokens: int = field(default=64, metadata={"help": "longest text, in encoder tokens"})
+    threads: int = field(default=0, metadata={"help": "torch threads (0: torch default)"})
+    warmup: int = field(default=20, metadata={"help": "untimed calls first"})
+    run_dir: str = field(default=DEFAULT_RUN_DIR, metadata={"help": "where to write results"})
+
+
+def timeit(fn: Callable[[str], object], texts: list[str]) -> list[float]:
+    out = []
+    for t in texts:
+        t0 = time.perf_counter()
+        fn(t)
+        out.append((time.perf_counter() - t0) * 1000)
+    return out
+
+
+def summary(ms: list[float]) -> dict[str, float]:
+    q = statistics.quantiles(ms, n=20)
+    return {"median_ms": round(statistics.median(ms), 2), "p95_ms": round(q[18], 2)}
+
+
+def main(args: Args) -> None:
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    clf = SafetyClassifier.from_defaults()
+    enc = clf.encoder
+    tok = enc._tokenizer  # type: ignore[attr-defined]
+    pool = [
+        r["text"]
+        for name in ("crisis", "medical", "hard_negatives")
+        for r in read_jsonl(Path(SEED_DIR) / f"{name}.jsonl")
+    ]
+    texts = [t for t in pool if len(tok(t)["input_ids"]) <= args.max_tokens][: args.n]
+    context = [
+        "I had a rough day at work",
+        "my manager shouted at me again",
+        "I don't know what to do about it",
+    ]
+    lengths = [len(tok(t)["input_ids"]) for t in texts]
+    banner(
+        f"{len(texts)} texts, {min(lengths)}-{max(lengths)} tokens "
+        f"(median {statistics.median(lengths):.0f}); torch threads {torch.get_num_threads()}; "
+        f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs"
+    )
+
+    from companion.models import load_encoder
+
+    st = load_encoder()
+    runs = {
+        "encoder": lambda t: enc.encode([normalize(t)]),
+        "check": lambda t: clf.classify(t),
+        "check+ctx": lambda t: clf.classify(t, context=context),
+        "st.encode": lambda t: st.encode([t]),
+    }
+    for fn in runs.values():
+        timeit(fn, texts[: args.warmup])
+    # Round-robin per text, so that load from other processes hits every variant alike.
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    for t in texts:
+        for name, fn in runs.items():
+            times[name] += timeit(fn, [t])
+    results = {name: summary(ms) for name, ms in times.items()}
+    ratio = results["check"]["median_ms"] / results["encoder"]["median_ms"]
+    ratio_ctx = results["check+ctx"]["median_ms"] / results["encoder"]["median_ms"]
+    for name, r in results.items():
+        print(f"  {name:10s} median {r['median_ms']:7.2f} ms   p95 {r['p95_ms']:7.2f} ms")
+    print(f"  check / encoder (median): {ratio:.2f}x; check+ctx / encoder: {ratio_ctx:.2f}x")
+    out = {
+        **results,
+        "ratio_check_over_encoder": round(ratio, 3),
+        "ratio_check_ctx_over_encoder": round(ratio_ctx, 3),
+        "n": len(texts),
+        "threads": torch.get_num_threads(),
+        "loadavg": os.getloadavg()[0],
+    }
+    Path(args.run_dir).mkdir(parents=True, exist_ok=True)
+    (Path(args.run_dir) / "benchmark.json").write_text(json.dumps(out, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main(parse_args(Args))

@@ -1,0 +1,172 @@
+"""Step 3 of 4: choose the thresholds on the validation split and write the artifact.
+
+Policy, per role:
+- ``crisis`` is tuned for recall first: the highest threshold whose validation recall on the
+  clean crisis sources (hand-written, synthetic windows, conversations) is at least
+  ``crisis_recall``.
+- ``medical`` is tuned for precision at high recall: among thresholds whose validation recall
+  on the clean medical sources (hand-written, windows, MeQSum) is at least ``medical_recall``,
+  the one with the best precision against every other validation row of that role.
+
+Reads ``head.npz`` from ``train.py`` and ``splits/val.jsonl``; never a test row. Writes
+``{run_dir}/artifact/{head.npz,policy.json}`` and, with ``--install``, copies them into the
+package (``src/companion/safety/artifacts/default``).
+
+Usage:
+    python safety/calibrate.py [--run_dir runs/safety] [--install]
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from _common import (
+    DEFAULT_RUN_DIR,
+    LABELS,
+    REPO_ROOT,
+    EmbeddingCache,
+    banner,
+    cache_path,
+    classifier_scores,
+    load_encoder_for,
+    parse_args,
+    read_jsonl,
+    targets,
+)
+from train import scaffold_policy
+
+from companion.safety import LinearHead, Policy, save_artifact
+from companion.safety.normalize import NORMALIZATION_VERSION
+from companion.types import Role
+
+CLEAN = {
+    ("user", "crisis"): {"handwritten", "windows", "conversations"},
+    ("user", "medical"): {"handwritten", "windows", "meqsum"},
+    ("assistant", "crisis"): {"handwritten"},
+    ("assistant", "medical"): {"handwritten"},
+}
+INSTALL_DIR = REPO_ROOT / "src" / "companion" / "safety" / "artifacts" / "default"
+
+
+@dataclass
+class Args:
+    run_dir: str = field(default=DEFAULT_RUN_DIR, metadata={"help": "folder from train.py"})
+    crisis_recall: float = field(default=0.97, metadata={"help": "val recall floor, crisis"})
+    medical_recall: float = field(default=0.92, metadata={"help": "val recall floor, medical"})
+    assistant_crisis_recall: float = field(default=0.90, metadata={"help": "replies, crisis"})
+    install: bool = field(default=False, metadata={"help": "copy the artifact into the package"})
+    version: str = field(default="2.0", metadata={"help": "policy version prefix"})
+
+    def __post_init__(self) -> None:
+        for name in ("crisis_recall", "medical_recall", "assistant_crisis_recall"):
+            if not 0.0 < getattr(self, name) <= 1.0:
+                raise ValueError(f"{name}={getattr(self, name)} must be in (0, 1]")
+
+
+def recall_threshold(pos_scores: np.ndarray, floor: float) -> float:
+    """The highest threshold whose recall on ``pos_scores`` is at least ``floor``."""
+    s = np.sort(pos_scores)
+    misses = int(np.floor(len(s) * (1.0 - floor) + 1e-9))
+    return float(s[min(misses, len(s) - 1)])
+
+
+def precision_at_recall(
+    scores: np.ndarray, y: np.ndarray, clean_pos: np.ndarray, floor: float
+) -> float:
+    """The best-precision threshold among those with recall >= ``floor`` on ``clean_pos``."""
+    ceiling = recall_threshold(scores[clean_pos], floor)
+    best_t, best_p = ceiling, -1.0
+    for t in np.unique(scores[scores <= ceiling]):
+        fired = scores >= t
+        p = float((y[fired] == 1).mean()) if fired.any() else 0.0
+        if p > best_p + 1e-12 or (abs(p - best_p) <= 1e-12 and t > best_t):
+            best_t, best_p = float(t), p
+    return best_t
+
+
+def main(args: Args) -> None:
+    run = Path(args.run_dir)
+    report = json.loads((run / "train_report.json").read_text("utf-8"))
+    manifest = json.loads((run / "manifest.json").read_text("utf-8"))
+    encoder = load_encoder_for(report["encoder"])
+    cache = EmbeddingCache(encoder, cache_path(run, report["encoder"]))
+    policy = scaffold_policy(
+        report["encoder"], report["context_turns"], report["ngram_buckets"], report["ngram_scale"]
+    )
+    head = LinearHead.load(run / "head.npz", LABELS)
+    val = [
+        r
+        for r in read_jsonl(run / "splits" / "val.jsonl")
+        if r["source"] not in report["excluded_sources"]
+    ]
+
+    thresholds: dict[str, dict[str, float]] = {}
+    for role in Role:
+        rows = [r for r in val if r["role"] == role.value]
+        scores = classifier_scores(rows, role.value, cache, head, policy)
+        y = targets(rows)
+        sources = np.array([r["source"] for r in rows])
+        thresholds[role.value] = {}
+        for j, label in enumerate(LABELS):
+            clean = np.isin(sources, list(CLEAN[(role.value, label)])) & (y[:, j] == 1)
+            if label == "crisis":
+                floor = args.crisis_recall if role is Role.USER else args.assistant_crisis_recall
+                t = recall_threshold(scores[clean, j], floor)
+            else:
+                floor = args.medical_recall
+                t = precision_at_recall(scores[:, j], y[:, j], clean, floor)
+            t = round(t - 1e-4, 4)  # a score equal to the chosen one must still fire
+            fired = scores[:, j] >= t
+            neg = y[:, j] == 0
+            banner(f"role={role.value} label={label}: threshold {t:.4f}")
+            print(
+                f"  val recall (clean sources, n={int(clean.sum())}): "
+                f"{fired[clean].mean():.3f} (floor {floor})"
+            )
+            print(f"  val recall (all positives, n={int((~neg).sum())}): {fired[~neg].mean():.3f}")
+            print(
+                f"  val precision: {(~neg[fired]).mean() if fired.any() else 0:.3f}; "
+                f"val FPR: {fired[neg].mean():.3f} (n={int(neg.sum())})"
+            )
+            thresholds[role.value][label] = t
+    cache.save()
+
+    final = Policy(
+        policy_version=f"{args.version}+{manifest['train_hash'][:8]}",
+        labels=LABELS,
+        thresholds=thresholds,
+        encoder=report["encoder"],
+        normalization=NORMALIZATION_VERSION,
+        context_turns=report["context_turns"],
+        ngram_buckets=report["ngram_buckets"],
+        ngram_scale=report["ngram_scale"],
+        training={
+            "excluded_sources": report["excluded_sources"],
+            "train_hash": manifest["train_hash"],
+            "val_hash": manifest["val_hash"],
+            "seed": manifest["seed"],
+            "head": "logistic regression per (role, label), class-balanced",
+            "C": {r: {lab: v["C"] for lab, v in d.items()} for r, d in report["roles"].items()},
+            "calibration": {
+                "crisis_recall_floor": args.crisis_recall,
+                "assistant_crisis_recall_floor": args.assistant_crisis_recall,
+                "medical_recall_floor": args.medical_recall,
+            },
+            "rows": {s: d["rows"] for s, d in manifest["splits"].items()},
+        },
+    )
+    out = save_artifact(run / "artifact", head, final)
+    print(f"\nwrote {out}/policy.json and head.npz (policy {final.policy_version})")
+    if args.install:
+        INSTALL_DIR.mkdir(parents=True, exist_ok=True)
+        for name in ("head.npz", "policy.json"):
+            shutil.copyfile(out / name, INSTALL_DIR / name)
+        print(f"installed into {INSTALL_DIR.relative_to(REPO_ROOT)}")
+
+
+if __name__ == "__main__":
+    main(parse_args(Args))

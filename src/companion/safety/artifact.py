@@ -1,0 +1,133 @@
+"""The classifier artifact: one folder with ``head.npz`` and ``policy.json``.
+
+``policy.json`` holds everything that decides a verdict besides the weights: label set,
+thresholds per role, the encoder the head was trained on, the normalisation version, the
+context-window policy and a hash of the training data. ``safety/calibrate.py`` writes it; the
+package ships one under ``artifacts/default`` that :meth:`SafetyClassifier.from_defaults` loads.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from ..errors import ModelLoadError
+from ..types import Role
+from .heads import LinearHead
+from .normalize import NORMALIZATION_VERSION
+
+__all__ = ["DEFAULT_ARTIFACT", "Policy", "default_artifact_dir", "load_artifact", "save_artifact"]
+
+DEFAULT_ARTIFACT = "artifacts/default"
+"""Package-relative folder of the shipped artifact."""
+
+USER_FEATURES = ("newest", "newest+window")
+
+
+@dataclass(frozen=True)
+class Policy:
+    """What a verdict depends on besides the head's weights.
+
+    Args:
+        policy_version: Recorded in every verdict.
+        labels: Scored labels; crisis outranks medical in this order.
+        thresholds: Per role (``"user"``, ``"assistant"``), the score at which each label fires.
+        encoder: Encoder the head was trained on (``embedded:all-minilm-l6-v2`` or a path/id).
+        normalization: :data:`~companion.safety.normalize.NORMALIZATION_VERSION` at training.
+        context_turns: Earlier user turns joined with the newest message into the window.
+        context_max_words: The window keeps the newest turns that fit in this many words.
+        user_features: ``"newest+window"``: user features are the embedding of the newest
+            message concatenated with the embedding of the window; ``"newest"``: newest only.
+        context_rule: ``"rise"``: the window counts only when the newest message raises the
+            score of the conversation (see ``SafetyClassifier.score_batch``); ``"window"``:
+            the window's score is used as it is.
+        ngram_buckets: Hash buckets per n-gram family added to the features (0: none).
+        ngram_scale: Weight of the n-gram block relative to the unit-norm embeddings.
+        training: Free-form provenance (data hash, seed, sizes, hyperparameters).
+    """
+
+    policy_version: str
+    labels: tuple[str, ...] = ("crisis", "medical")
+    thresholds: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
+    encoder: str = "embedded:all-minilm-l6-v2"
+    normalization: str = NORMALIZATION_VERSION
+    context_turns: int = 3
+    context_max_words: int = 160
+    user_features: str = "newest+window"
+    context_rule: str = "rise"
+    ngram_buckets: int = 0
+    ngram_scale: float = 2.0
+    training: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.user_features not in USER_FEATURES:
+            raise ValueError(f"user_features={self.user_features!r}; expected {USER_FEATURES}")
+        if self.context_rule not in ("rise", "window"):
+            raise ValueError(f"context_rule={self.context_rule!r}; expected 'rise' or 'window'")
+        if self.ngram_buckets < 0 or self.ngram_scale <= 0:
+            raise ValueError(
+                f"ngram_buckets={self.ngram_buckets}, ngram_scale={self.ngram_scale}: "
+                "need buckets >= 0 and scale > 0"
+            )
+        if self.context_turns < 0 or self.context_max_words < 1:
+            raise ValueError(
+                f"context_turns={self.context_turns}, context_max_words="
+                f"{self.context_max_words}: need turns >= 0 and words >= 1"
+            )
+        for role in Role:
+            got = self.thresholds.get(role.value, {})
+            missing = set(self.labels) - set(got)
+            if missing:
+                raise ValueError(f"thresholds[{role.value!r}] lacks labels {sorted(missing)}")
+            bad = {k: v for k, v in got.items() if not 0.0 <= float(v) <= 1.0}
+            if bad:
+                raise ValueError(f"thresholds[{role.value!r}] outside [0, 1]: {bad}")
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-ready dict."""
+        out = asdict(self)
+        out["labels"] = list(self.labels)
+        out["thresholds"] = {r: dict(t) for r, t in self.thresholds.items()}
+        return out
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Policy:
+        """The inverse of :meth:`to_json`."""
+        data = dict(data)
+        data["labels"] = tuple(data.get("labels", ("crisis", "medical")))
+        return cls(**data)
+
+
+def default_artifact_dir() -> Path:
+    """Folder of the artifact shipped inside the package."""
+    return Path(str(resources.files(__package__).joinpath(DEFAULT_ARTIFACT)))
+
+
+def save_artifact(directory: str | Path, head: LinearHead, policy: Policy) -> Path:
+    """Write ``head.npz`` and ``policy.json`` into ``directory`` (created if needed)."""
+    out = Path(directory)
+    out.mkdir(parents=True, exist_ok=True)
+    head.save(out / "head.npz")
+    (out / "policy.json").write_text(
+        json.dumps(policy.to_json(), indent=2, sort_keys=True) + "\n", encoding="utf-8"
+    )
+    return out
+
+
+def load_artifact(directory: str | Path | None = None) -> tuple[LinearHead, Policy]:
+    """Read an artifact folder (default: the shipped one).
+
+    Raises:
+        ModelLoadError: the folder or one of its files is missing or malformed.
+    """
+    folder = default_artifact_dir() if directory is None else Path(directory)
+    try:
+        policy = Policy.from_json(json.loads((folder / "policy.json").read_text("utf-8")))
+        head = LinearHead.load(folder / "head.npz", policy.labels)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ModelLoadError(f"could not load safety artifact from {folder}: {exc}") from exc
+    return head, policy

@@ -1,0 +1,59 @@
+"""The safety scripts run end to end (prepare -> train -> calibrate -> evaluate) on a tiny
+subset, so they cannot rot. Real embedded encoder; everything is written under tmp_path."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = REPO.parent / "shared" / "data"
+
+pytestmark = pytest.mark.skipif(
+    not (DATA / "DiaSafety").is_dir(), reason="shared public data not present at ../shared/data"
+)
+
+
+def _run(script: str, *args: str) -> str:
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "safety" / script), *args],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=REPO,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout
+
+
+def test_prepare_train_calibrate_evaluate_on_a_tiny_subset(tmp_path):
+    run = str(tmp_path / "run")
+    out = _run("prepare.py", "--out_dir", run, "--data_dir", str(DATA), "--max_per_source", "4")
+    assert "train hash" in out
+    _run("train.py", "--run_dir", run, "--c_grid", "1")
+    out = _run("calibrate.py", "--run_dir", run)
+    assert "wrote" in out and "installed" not in out
+    policy = json.loads((tmp_path / "run" / "artifact" / "policy.json").read_text())
+    assert set(policy["thresholds"]) == {"user", "assistant"}
+    out = _run(
+        "evaluate.py",
+        "--run_dir",
+        run,
+        "--artifact",
+        str(tmp_path / "run" / "artifact"),
+        "--data_dir",
+        str(DATA),
+        "--n_boot",
+        "20",
+        "--max_external",
+        "40",
+        "--plots",
+        "false",
+    )
+    assert "| target |" in out
+    metrics = json.loads((tmp_path / "run" / "eval" / "metrics.json").read_text())
+    assert metrics["targets"] and metrics["sources"]
