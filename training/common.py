@@ -23,8 +23,9 @@ def with_system(messages: Sequence[dict[str, str]]) -> list[dict[str, str]]:
     return [{"role": "system", "content": SYSTEM_PROMPT}, *messages]
 
 
-def encode_chat(tokenizer: Any, messages: Sequence[dict[str, str]], max_length: int
-                ) -> dict[str, list[int]] | None:
+def encode_chat(
+    tokenizer: Any, messages: Sequence[dict[str, str]], max_length: int
+) -> dict[str, list[int]] | None:
     """Token ids and labels for one conversation; labels are -100 except on assistant turns.
 
     The chat template is rendered cumulatively, so this works for any template in which a
@@ -42,7 +43,7 @@ def encode_chat(tokenizer: Any, messages: Sequence[dict[str, str]], max_length: 
         upto = render(full[: k + 1], tokenize=False)
         if not prompt.startswith(done) or not upto.startswith(prompt):
             raise ValueError("the chat template does not render conversations incrementally")
-        pieces += [(prompt[len(done):], False), (upto[len(prompt):], True)]
+        pieces += [(prompt[len(done) :], False), (upto[len(prompt) :], True)]
         done = upto
     input_ids: list[int] = []
     labels: list[int] = []

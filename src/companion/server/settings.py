@@ -48,7 +48,10 @@ class ServerSettings:
     session_store: Literal["sqlite", "memory"] = "sqlite"
     db_path: str | None = field(default=None, metadata={"help": "SQLite file for sessions"})
     model: str | None = field(default=None, metadata={"help": "base model; None: embedded"})
-    adapter: str | None = field(default=None, metadata={"help": "PEFT adapter directory"})
+    adapter: str | None = field(
+        default="shipped",
+        metadata={"help": "PEFT adapter dir; 'shipped' (default) or 'none' for the bare base"},
+    )
     encoder: str | None = field(default=None, metadata={"help": "sentence encoder; None: embedded"})
     device: str | None = None
     max_new_tokens: int = field(default=200, metadata={"help": "reply length cap in tokens"})
