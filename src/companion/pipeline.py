@@ -122,12 +122,8 @@ class Pipeline:
         self._validate(text)
         stop = should_stop or (lambda: False)
         history = self.store.history(session_id)
-        user_context = [t.text for t in history if t.role is Role.USER]
-        user_context = (
-            user_context[len(user_context) - self.config.guard_context_turns :]
-            if (self.config.guard_context_turns)
-            else []
-        )
+        n = self.config.guard_context_turns
+        user_context = [t.text for t in history if t.role is Role.USER][-n:] if n else []
         timings: dict[str, float] = {}
 
         t0 = time.perf_counter()
