@@ -46,6 +46,7 @@ proto: setup
 # The safety classifier: rebuild the shipped artifact from ../shared/data, then measure it.
 safety-model: setup
 	$(PY) safety/prepare.py
+	$(PY) safety/finetune_encoder.py
 	$(PY) safety/train.py
 	$(PY) safety/calibrate.py --install
 

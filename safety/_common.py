@@ -118,12 +118,28 @@ def cache_path(run_dir: str | Path, encoder_name: str) -> Path:
     return Path(run_dir) / "cache" / f"emb-{digest}.npz"
 
 
-def load_encoder_for(name: str) -> Any:
-    """The encoder ``name`` (``embedded`` for the embedded MiniLM) on the guard's lean path."""
+def load_encoder_for(name: str, adapter: str | Path | None = None) -> Any:
+    """The encoder ``name`` (``embedded`` for the embedded MiniLM), with the LoRA ``adapter``
+    from ``finetune_encoder.py`` merged when given, on the guard's lean path. Its ``name`` then
+    carries the adapter's digest, so embedding caches of different adapters never mix."""
     from companion.models.encoder import EMBEDDED_ENCODER, load_encoder
-    from companion.safety.encoding import lean
+    from companion.safety.encoding import adapt_encoder, lean
 
-    return lean(load_encoder(None if name in ("embedded", EMBEDDED_ENCODER) else name))
+    encoder = load_encoder(None if name in ("embedded", EMBEDDED_ENCODER) else name)
+    return lean(adapt_encoder(encoder, adapter) if adapter else encoder)
+
+
+def resolve_adapter(value: str, run_dir: str | Path) -> str:
+    """``--encoder_adapter``: ``auto`` is ``{run_dir}/encoder_adapter`` when that exists (else
+    none), ``none`` is the frozen encoder, anything else a folder."""
+    if value == "none":
+        return ""
+    if value == "auto":
+        folder = Path(run_dir) / "encoder_adapter"
+        return str(folder) if (folder / "adapter_config.json").is_file() else ""
+    if not (Path(value) / "adapter_config.json").is_file():
+        die(f"--encoder_adapter {value}: no adapter_config.json there")
+    return value
 
 
 def features(rows: Sequence[dict[str, Any]], role: str, cache: EmbeddingCache, policy: Any) -> Any:

@@ -1,12 +1,14 @@
-"""Step 3 of 4: choose the thresholds on the validation split and write the artifact.
+"""Step 4 of 5: choose the thresholds on the validation split and write the artifact.
 
 Policy, per role:
 - ``crisis`` is tuned for recall first: the highest threshold whose validation recall on the
   clean crisis sources (hand-written, synthetic windows, conversations) is at least
-  ``crisis_recall``.
-- ``medical`` is tuned for precision at high recall: among thresholds whose validation recall
-  on the clean medical sources (hand-written, windows, MeQSum) is at least ``medical_recall``,
-  the one with the best precision against every other validation row of that role.
+  ``crisis_recall``, counting each distinct message once (at its lowest score).
+- ``medical`` is tuned for precision at high recall: the lowest threshold whose validation
+  precision (against every other validation row of that role) is at least
+  ``medical_precision`` and whose recall on the clean medical sources (hand-written and
+  windows: the requests the policy is about) is at least ``medical_recall``. If no threshold
+  reaches that precision, the best-precision one that keeps the recall floor.
 
 Reads ``head.npz`` from ``train.py`` and ``splits/val.jsonl``; never a test row. Writes
 ``{run_dir}/artifact/{head.npz,policy.json}`` and, with ``--install``, copies them into the
@@ -40,15 +42,17 @@ from _common import (
 from train import scaffold_policy
 
 from companion.safety import LinearHead, Policy, save_artifact
+from companion.safety.encoding import adapter_digest
 from companion.safety.normalize import NORMALIZATION_VERSION
 from companion.types import Role
 
 CLEAN = {
     ("user", "crisis"): {"handwritten", "windows", "conversations"},
-    ("user", "medical"): {"handwritten", "windows", "meqsum"},
+    ("user", "medical"): {"handwritten", "windows"},
     ("assistant", "crisis"): {"handwritten"},
     ("assistant", "medical"): {"handwritten"},
 }
+ADAPTER_DIR = "encoder_adapter"
 INSTALL_DIR = REPO_ROOT / "src" / "companion" / "safety" / "artifacts" / "default"
 
 
@@ -57,12 +61,20 @@ class Args:
     run_dir: str = field(default=DEFAULT_RUN_DIR, metadata={"help": "folder from train.py"})
     crisis_recall: float = field(default=0.97, metadata={"help": "val recall floor, crisis"})
     medical_recall: float = field(default=0.92, metadata={"help": "val recall floor, medical"})
+    medical_precision: float = field(
+        default=0.95, metadata={"help": "val precision kept while lowering the medical threshold"}
+    )
     assistant_crisis_recall: float = field(default=0.90, metadata={"help": "replies, crisis"})
     install: bool = field(default=False, metadata={"help": "copy the artifact into the package"})
-    version: str = field(default="2.0", metadata={"help": "policy version prefix"})
+    version: str = field(default="3.0", metadata={"help": "policy version prefix"})
 
     def __post_init__(self) -> None:
-        for name in ("crisis_recall", "medical_recall", "assistant_crisis_recall"):
+        for name in (
+            "crisis_recall",
+            "medical_recall",
+            "medical_precision",
+            "assistant_crisis_recall",
+        ):
             if not 0.0 < getattr(self, name) <= 1.0:
                 raise ValueError(f"{name}={getattr(self, name)} must be in (0, 1]")
 
@@ -75,25 +87,38 @@ def recall_threshold(pos_scores: np.ndarray, floor: float) -> float:
 
 
 def precision_at_recall(
-    scores: np.ndarray, y: np.ndarray, clean_pos: np.ndarray, floor: float
+    scores: np.ndarray, y: np.ndarray, clean_pos: np.ndarray, floor: float, precision: float
 ) -> float:
-    """The best-precision threshold among those with recall >= ``floor`` on ``clean_pos``."""
+    """The lowest threshold whose precision is at least ``precision`` and whose recall on
+    ``clean_pos`` is at least ``floor`` (most recall at that precision); when none reaches the
+    precision, the best-precision threshold among those with recall >= ``floor``."""
     ceiling = recall_threshold(scores[clean_pos], floor)
-    best_t, best_p = ceiling, -1.0
-    for t in np.unique(scores[scores <= ceiling]):
-        fired = scores >= t
-        p = float((y[fired] == 1).mean()) if fired.any() else 0.0
-        if p > best_p + 1e-12 or (abs(p - best_p) <= 1e-12 and t > best_t):
-            best_t, best_p = float(t), p
-    return best_t
+    candidates = np.unique(scores[scores <= ceiling])
+    prec = np.array([float((y[scores >= t] == 1).mean()) for t in candidates])
+    ok = candidates[prec >= precision]
+    if len(ok):
+        return float(ok.min())
+    return float(candidates[np.flatnonzero(prec == prec.max())[-1]])
+
+
+def per_message_min(rows: list[dict], scores: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """One score per distinct message among ``rows[mask]``: its lowest over the rows that end
+    with it. A synthetic window repeats a hand-written message with benign turns before it;
+    counting it twice would let a few hard messages set the recall floor on their own."""
+    lowest: dict[str, float] = {}
+    for r, s, m in zip(rows, scores, mask, strict=True):
+        if m:
+            lowest[r["text"]] = min(float(s), lowest.get(r["text"], 1.0))
+    return np.array(list(lowest.values()), dtype=np.float32)
 
 
 def main(args: Args) -> None:
     run = Path(args.run_dir)
     report = json.loads((run / "train_report.json").read_text("utf-8"))
     manifest = json.loads((run / "manifest.json").read_text("utf-8"))
-    encoder = load_encoder_for(report["encoder"])
-    cache = EmbeddingCache(encoder, cache_path(run, report["encoder"]))
+    adapter = report.get("encoder_adapter") or ""
+    encoder = load_encoder_for(report["encoder"], adapter)
+    cache = EmbeddingCache(encoder, cache_path(run, encoder.name))
     policy = scaffold_policy(
         report["encoder"], report["context_turns"], report["ngram_buckets"], report["ngram_scale"]
     )
@@ -115,10 +140,10 @@ def main(args: Args) -> None:
             clean = np.isin(sources, list(CLEAN[(role.value, label)])) & (y[:, j] == 1)
             if label == "crisis":
                 floor = args.crisis_recall if role is Role.USER else args.assistant_crisis_recall
-                t = recall_threshold(scores[clean, j], floor)
+                t = recall_threshold(per_message_min(rows, scores[:, j], clean), floor)
             else:
                 floor = args.medical_recall
-                t = precision_at_recall(scores[:, j], y[:, j], clean, floor)
+                t = precision_at_recall(scores[:, j], y[:, j], clean, floor, args.medical_precision)
             t = round(t - 1e-4, 4)  # a score equal to the chosen one must still fire
             fired = scores[:, j] >= t
             neg = y[:, j] == 0
@@ -140,6 +165,7 @@ def main(args: Args) -> None:
         labels=LABELS,
         thresholds=thresholds,
         encoder=report["encoder"],
+        encoder_adapter=ADAPTER_DIR if adapter else "",
         normalization=NORMALIZATION_VERSION,
         context_turns=report["context_turns"],
         ngram_buckets=report["ngram_buckets"],
@@ -150,21 +176,23 @@ def main(args: Args) -> None:
             "val_hash": manifest["val_hash"],
             "seed": manifest["seed"],
             "head": "logistic regression per (role, label), class-balanced",
+            "encoder_adapter_digest": adapter_digest(adapter) if adapter else "",
             "C": {r: {lab: v["C"] for lab, v in d.items()} for r, d in report["roles"].items()},
             "calibration": {
                 "crisis_recall_floor": args.crisis_recall,
                 "assistant_crisis_recall_floor": args.assistant_crisis_recall,
                 "medical_recall_floor": args.medical_recall,
+                "medical_precision": args.medical_precision,
             },
             "rows": {s: d["rows"] for s, d in manifest["splits"].items()},
         },
     )
-    out = save_artifact(run / "artifact", head, final)
+    out = save_artifact(run / "artifact", head, final, adapter or None)
     print(f"\nwrote {out}/policy.json and head.npz (policy {final.policy_version})")
     if args.install:
         INSTALL_DIR.mkdir(parents=True, exist_ok=True)
-        for name in ("head.npz", "policy.json"):
-            shutil.copyfile(out / name, INSTALL_DIR / name)
+        shutil.rmtree(INSTALL_DIR / ADAPTER_DIR, ignore_errors=True)
+        save_artifact(INSTALL_DIR, head, final, out / ADAPTER_DIR if adapter else None)
         print(f"installed into {INSTALL_DIR.relative_to(REPO_ROOT)}")
 
 

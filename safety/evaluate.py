@@ -1,4 +1,4 @@
-"""Step 4 of 4: evaluate a classifier artifact on held-out and external sets.
+"""Step 5 of 5: evaluate a classifier artifact on held-out and external sets.
 
 Prints, per source and category, recall, precision, false-positive rate and AUPRC with
 bootstrap 95% intervals; checks the targets of the classifier card; writes PR curves (PNG),
@@ -41,7 +41,7 @@ from _common import (
 from perturb import perturb
 from sklearn.metrics import average_precision_score
 
-from companion.safety import load_artifact
+from companion.safety import encoder_adapter_dir, load_artifact
 from companion.types import Role
 
 SELF_HARM_RE = re.compile(
@@ -158,8 +158,8 @@ def fmt(m: dict[str, Any], key: str) -> str:
 def main(args: Args) -> None:
     run, data_dir = Path(args.run_dir), Path(args.data_dir)
     head, policy = load_artifact(args.artifact or None)
-    encoder = load_encoder_for(policy.encoder)
-    cache = EmbeddingCache(encoder, cache_path(run, policy.encoder))
+    encoder = load_encoder_for(policy.encoder, encoder_adapter_dir(policy, args.artifact or None))
+    cache = EmbeddingCache(encoder, cache_path(run, encoder.name))
     out_dir = run / "eval"
     out_dir.mkdir(parents=True, exist_ok=True)
 

@@ -1,4 +1,4 @@
-"""Step 1 of 4: build train / val / test rows for the safety classifier.
+"""Step 1 of 5: build train / val / test rows for the safety classifier.
 
 Reads the hand-written seed set (``safety/data/``) and the public sets under ``../shared/data``
 (never ``eval-only/``, which only ``evaluate.py`` reads), relabels them into

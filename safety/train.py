@@ -1,7 +1,9 @@
-"""Step 2 of 4: fit the multi-label logistic-regression head on frozen sentence embeddings.
+"""Step 3 of 5: fit the multi-label logistic-regression head on the sentence embeddings.
 
-Reads ``{run_dir}/splits/{train,val}.jsonl`` from ``prepare.py``, embeds every row exactly as
-the runtime classifier does (normalisation, newest + window for user messages), fits one
+Reads ``{run_dir}/splits/{train,val}.jsonl`` from ``prepare.py`` and the encoder adapter from
+``finetune_encoder.py`` (``{run_dir}/encoder_adapter`` when it exists; ``--encoder_adapter none``
+for the frozen encoder), embeds every row exactly as the runtime classifier does
+(normalisation, newest + window for user messages), fits one
 logistic regression per (role, label) and picks the regularisation ``C`` by validation AUPRC.
 Writes ``{run_dir}/head.npz`` and ``train_report.json``. The validation split picks ``C`` and,
 in ``calibrate.py``, the thresholds; no test row is read here.
@@ -28,6 +30,7 @@ from _common import (
     load_encoder_for,
     parse_args,
     read_jsonl,
+    resolve_adapter,
     targets,
 )
 from sklearn.linear_model import LogisticRegression
@@ -42,6 +45,10 @@ from companion.types import Role
 class Args:
     run_dir: str = field(default=DEFAULT_RUN_DIR, metadata={"help": "folder from prepare.py"})
     encoder: str = field(default="embedded", metadata={"help": "'embedded' or an ST path/id"})
+    encoder_adapter: str = field(
+        default="auto",
+        metadata={"help": "'auto' ({run_dir}/encoder_adapter if any), 'none' or a folder"},
+    )
     seed: int = field(default=13, metadata={"help": "solver seed"})
     c_grid: str = field(default="0.25,1,4,16", metadata={"help": "C values to try"})
     context_turns: int = field(default=3, metadata={"help": "earlier user turns in the window"})
@@ -76,9 +83,11 @@ def fit(x: np.ndarray, y: np.ndarray, w: np.ndarray, c: float, seed: int) -> Log
 
 def main(args: Args) -> None:
     run = Path(args.run_dir)
-    encoder = load_encoder_for(args.encoder)
-    name = encoder.name if args.encoder != "embedded" else EMBEDDED_ENCODER
-    cache = EmbeddingCache(encoder, cache_path(run, name))
+    adapter = resolve_adapter(args.encoder_adapter, run)
+    print(f"encoder: {args.encoder}; fine-tuned adapter: {adapter or 'none (frozen encoder)'}")
+    encoder = load_encoder_for(args.encoder, adapter)
+    name = EMBEDDED_ENCODER if args.encoder == "embedded" else encoder.name.split("+lora:")[0]
+    cache = EmbeddingCache(encoder, cache_path(run, encoder.name))
     policy = scaffold_policy(name, args.context_turns, args.ngram_buckets, args.ngram_scale)
     grid = [float(c) for c in args.c_grid.split(",")]
     excluded = {s for s in args.exclude.split(",") if s}
@@ -89,7 +98,12 @@ def main(args: Args) -> None:
     print(f"sources left out of training and model selection: {sorted(excluded) or 'none'}")
 
     weights: dict[Role, tuple[np.ndarray, np.ndarray]] = {}
-    report: dict[str, object] = {"encoder": name, "seed": args.seed, "roles": {}}
+    report: dict[str, object] = {
+        "encoder": name,
+        "encoder_adapter": adapter,
+        "seed": args.seed,
+        "roles": {},
+    }
     for role in Role:
         banner(f"role={role.value}: embedding")
         parts = {s: [r for r in rows[s] if r["role"] == role.value] for s in rows}

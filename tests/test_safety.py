@@ -14,12 +14,14 @@ from companion.safety import (
     LinearHead,
     Policy,
     SafetyClassifier,
+    encoder_adapter_dir,
     encoder_inputs,
     load_artifact,
     normalize,
     save_artifact,
     window_text,
 )
+from companion.safety.encoding import adapter_digest
 from companion.types import Category, Direction, Role
 
 THRESHOLDS = {"user": {"crisis": 0.5, "medical": 0.5}, "assistant": {"crisis": 0.4, "medical": 0.6}}
@@ -140,6 +142,36 @@ def test_artifact_round_trip(tmp_path):
     assert head.n_features(Role.USER) == 2 * len(VOCAB)
 
 
+def test_artifact_with_an_encoder_adapter_copies_it_and_checks_it_is_there(tmp_path):
+    adapter = tmp_path / "lora"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text("{}")
+    (adapter / "adapter_model.safetensors").write_bytes(b"weights")
+    with pytest.raises(ValueError, match="exactly when"):
+        save_artifact(tmp_path / "a", _head(), _policy(), adapter)
+    with pytest.raises(ValueError, match="exactly when"):
+        save_artifact(tmp_path / "a", _head(), _policy(encoder_adapter="enc"))
+    save_artifact(tmp_path / "a", _head(), _policy(encoder_adapter="enc"), adapter)
+    _, policy = load_artifact(tmp_path / "a")
+    folder = encoder_adapter_dir(policy, tmp_path / "a")
+    assert folder == tmp_path / "a" / "enc"
+    assert (folder / "adapter_model.safetensors").read_bytes() == b"weights"
+    (folder / "adapter_model.safetensors").unlink()
+    with pytest.raises(ModelLoadError, match="missing"):
+        encoder_adapter_dir(policy, tmp_path / "a")
+    assert encoder_adapter_dir(_policy(), tmp_path / "a") is None
+
+
+def test_an_encoder_adapter_needs_a_sentence_transformers_encoder(tmp_path):
+    from companion.safety.encoding import adapt_encoder
+
+    (tmp_path / "adapter_config.json").write_text("{}")
+    with pytest.raises(ModelLoadError, match="sentence-transformers"):
+        adapt_encoder(FakeEncoder(), tmp_path)
+    with pytest.raises(ModelLoadError, match=r"adapter_config\.json"):
+        adapt_encoder(FakeEncoder(), tmp_path / "nothing")
+
+
 def test_missing_artifact_is_a_model_load_error(tmp_path):
     with pytest.raises(ModelLoadError, match="safety artifact"):
         load_artifact(tmp_path / "nothing")
@@ -154,6 +186,10 @@ def test_shipped_artifact_is_complete():
     assert head.n_features(Role.USER) == 768 + 3 * b
     assert head.n_features(Role.ASSISTANT) == 384 + 2 * b
     assert policy.training["train_hash"]
+    adapter = encoder_adapter_dir(policy)
+    assert adapter is not None and policy.encoder_adapter == "encoder_adapter"
+    assert (adapter / "adapter_config.json").is_file()
+    assert policy.training["encoder_adapter_digest"] == adapter_digest(adapter)
     for role in ("user", "assistant"):
         assert 0 < policy.thresholds[role]["crisis"] < 1
         assert 0 < policy.thresholds[role]["medical"] < 1
@@ -181,6 +217,22 @@ def test_features_with_ngrams_are_sparse_and_scaled():
     ngrams = x[:, 3:].toarray()
     np.testing.assert_allclose(np.linalg.norm(ngrams[:, :64], axis=1), [2.0, 2.0], rtol=1e-5)
     assert not np.allclose(ngrams[0], ngrams[1])
+
+
+def test_blockwise_scores_equal_scores_of_the_stacked_features():
+    from companion.safety.features import build_features, feature_blocks
+
+    rng = np.random.default_rng(0)
+    e, w_emb = rng.normal(size=(3, 4)).astype(np.float32), rng.normal(size=(3, 4))
+    texts, windows = ["kill myself", "kill time", "dose"], ["a\nkill myself", "b", "c\ndose"]
+    x = build_features(e, texts, w_emb.astype(np.float32), windows, ngram_buckets=32)
+    head = LinearHead({Role.USER: (rng.normal(size=(x.shape[1], 2)), np.array([0.1, -0.2]))})
+    blocks = feature_blocks(e, texts, w_emb.astype(np.float32), windows, ngram_buckets=32)
+    np.testing.assert_allclose(
+        head.scores_blocks(blocks, Role.USER), head.scores(x, Role.USER), rtol=1e-5
+    )
+    with pytest.raises(ValueError, match="features wide"):
+        head.scores_blocks(blocks[:-1], Role.USER)
 
 
 # --- verdicts --------------------------------------------------------------------------------

@@ -1,5 +1,6 @@
-"""The safety scripts run end to end (prepare -> train -> calibrate -> evaluate) on a tiny
-subset, so they cannot rot. Real embedded encoder; everything is written under tmp_path."""
+"""The safety scripts run end to end (prepare -> finetune_encoder -> train -> calibrate ->
+evaluate) on a tiny subset, so they cannot rot. Real embedded encoder; everything is written
+under tmp_path."""
 
 from __future__ import annotations
 
@@ -30,15 +31,23 @@ def _run(script: str, *args: str) -> str:
     return proc.stdout
 
 
-def test_prepare_train_calibrate_evaluate_on_a_tiny_subset(tmp_path):
+def test_prepare_finetune_train_calibrate_evaluate_on_a_tiny_subset(tmp_path):
     run = str(tmp_path / "run")
     out = _run("prepare.py", "--out_dir", run, "--data_dir", str(DATA), "--max_per_source", "4")
     assert "train hash" in out
-    _run("train.py", "--run_dir", run, "--c_grid", "1")
+    out = _run("finetune_encoder.py", "--run_dir", run, "--max_steps", "3", "--batch_size", "8")
+    assert "val AUPRC" in out
+    report = json.loads((tmp_path / "run" / "encoder_report.json").read_text())
+    assert report["steps"] == 3 and report["tokens"] > 0
+    out = _run("train.py", "--run_dir", run, "--c_grid", "1")
+    assert "fine-tuned adapter: " + str(tmp_path / "run" / "encoder_adapter") in out
     out = _run("calibrate.py", "--run_dir", run)
     assert "wrote" in out and "installed" not in out
-    policy = json.loads((tmp_path / "run" / "artifact" / "policy.json").read_text())
+    artifact = tmp_path / "run" / "artifact"
+    policy = json.loads((artifact / "policy.json").read_text())
     assert set(policy["thresholds"]) == {"user", "assistant"}
+    assert policy["encoder_adapter"] == "encoder_adapter"
+    assert (artifact / "encoder_adapter" / "adapter_model.safetensors").is_file()
     out = _run(
         "evaluate.py",
         "--run_dir",

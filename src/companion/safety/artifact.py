@@ -1,4 +1,5 @@
-"""The classifier artifact: one folder with ``head.npz`` and ``policy.json``.
+"""The classifier artifact: one folder with ``head.npz``, ``policy.json`` and, when the encoder
+was fine-tuned, the encoder's LoRA adapter in ``encoder_adapter/``.
 
 ``policy.json`` holds everything that decides a verdict besides the weights: label set,
 thresholds per role, the encoder the head was trained on, the normalisation version, the
@@ -9,6 +10,7 @@ package ships one under ``artifacts/default`` that :meth:`SafetyClassifier.from_
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from importlib import resources
@@ -20,7 +22,14 @@ from ..types import Role
 from .heads import LinearHead
 from .normalize import NORMALIZATION_VERSION
 
-__all__ = ["DEFAULT_ARTIFACT", "Policy", "default_artifact_dir", "load_artifact", "save_artifact"]
+__all__ = [
+    "DEFAULT_ARTIFACT",
+    "Policy",
+    "default_artifact_dir",
+    "encoder_adapter_dir",
+    "load_artifact",
+    "save_artifact",
+]
 
 DEFAULT_ARTIFACT = "artifacts/default"
 """Package-relative folder of the shipped artifact."""
@@ -36,7 +45,10 @@ class Policy:
         policy_version: Recorded in every verdict.
         labels: Scored labels; crisis outranks medical in this order.
         thresholds: Per role (``"user"``, ``"assistant"``), the score at which each label fires.
-        encoder: Encoder the head was trained on (``embedded:all-minilm-l6-v2`` or a path/id).
+        encoder: Base encoder the head was trained on (``embedded:all-minilm-l6-v2`` or a
+            path/id).
+        encoder_adapter: Folder, relative to the artifact, of the LoRA adapter fine-tuned on
+            the base encoder (``safety/finetune_encoder.py``); empty: the frozen base encoder.
         normalization: :data:`~companion.safety.normalize.NORMALIZATION_VERSION` at training.
         context_turns: Earlier user turns joined with the newest message into the window.
         context_max_words: The window keeps the newest turns that fit in this many words.
@@ -54,6 +66,7 @@ class Policy:
     labels: tuple[str, ...] = ("crisis", "medical")
     thresholds: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
     encoder: str = "embedded:all-minilm-l6-v2"
+    encoder_adapter: str = ""
     normalization: str = NORMALIZATION_VERSION
     context_turns: int = 3
     context_max_words: int = 160
@@ -107,10 +120,25 @@ def default_artifact_dir() -> Path:
     return Path(str(resources.files(__package__).joinpath(DEFAULT_ARTIFACT)))
 
 
-def save_artifact(directory: str | Path, head: LinearHead, policy: Policy) -> Path:
-    """Write ``head.npz`` and ``policy.json`` into ``directory`` (created if needed)."""
+def save_artifact(
+    directory: str | Path,
+    head: LinearHead,
+    policy: Policy,
+    encoder_adapter: str | Path | None = None,
+) -> Path:
+    """Write ``head.npz`` and ``policy.json`` (and a copy of the folder ``encoder_adapter`` under
+    ``policy.encoder_adapter``) into ``directory`` (created if needed)."""
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
+    if bool(encoder_adapter) != bool(policy.encoder_adapter):
+        raise ValueError("pass encoder_adapter exactly when policy.encoder_adapter is set")
+    if encoder_adapter:
+        target = out / policy.encoder_adapter
+        if Path(encoder_adapter).resolve() != target.resolve():
+            shutil.rmtree(target, ignore_errors=True)
+            target.mkdir(parents=True)
+            for name in ("adapter_config.json", "adapter_model.safetensors"):
+                shutil.copyfile(Path(encoder_adapter) / name, target / name)
     head.save(out / "head.npz")
     (out / "policy.json").write_text(
         json.dumps(policy.to_json(), indent=2, sort_keys=True) + "\n", encoding="utf-8"
@@ -131,3 +159,20 @@ def load_artifact(directory: str | Path | None = None) -> tuple[LinearHead, Poli
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise ModelLoadError(f"could not load safety artifact from {folder}: {exc}") from exc
     return head, policy
+
+
+def encoder_adapter_dir(policy: Policy, directory: str | Path | None = None) -> Path | None:
+    """The encoder adapter folder of the artifact in ``directory`` (default: the shipped one),
+    or ``None`` when the policy uses the frozen base encoder.
+
+    Raises:
+        ModelLoadError: the policy names an adapter that is not in the folder.
+    """
+    if not policy.encoder_adapter:
+        return None
+    folder = (default_artifact_dir() if directory is None else Path(directory)) / (
+        policy.encoder_adapter
+    )
+    if not (folder / "adapter_model.safetensors").is_file():
+        raise ModelLoadError(f"safety artifact names encoder adapter {folder}, which is missing")
+    return folder

@@ -23,9 +23,9 @@ import numpy as np
 from ..errors import ModelLoadError
 from ..protocols import Encoder
 from ..types import Category, Direction, Role, Verdict
-from .artifact import Policy, load_artifact
-from .features import build_features
-from .heads import FloatArray, Head
+from .artifact import Policy, encoder_adapter_dir, load_artifact
+from .features import build_features, feature_blocks
+from .heads import FloatArray, Head, LinearHead
 from .normalize import normalize
 
 __all__ = ["ClassifyItem", "SafetyClassifier", "encoder_inputs", "window_text"]
@@ -108,15 +108,18 @@ class SafetyClassifier:
         """The shipped classifier (or the artifact folder ``artifact``) on its encoder.
 
         Args:
-            encoder: The encoder the artifact was trained on; ``None`` loads the embedded
+            encoder: The base encoder the artifact was trained on; ``None`` loads the embedded
                 all-MiniLM-L6-v2. An encoder whose ``name`` differs from the artifact's
                 ``encoder`` is refused: a head only fits the embeddings it was trained on.
+                When the artifact carries a fine-tuned encoder adapter, it is merged into a
+                copy of this encoder (the one passed in is not changed).
             artifact: A folder written by ``safety/calibrate.py``; ``None`` for the shipped one.
 
         Raises:
             ModelLoadError: the artifact is missing or was trained on another encoder.
         """
         head, policy = load_artifact(artifact)
+        adapter = encoder_adapter_dir(policy, artifact)
         if encoder is None:
             from ..models.encoder import EMBEDDED_ENCODER, load_encoder
 
@@ -127,8 +130,10 @@ class SafetyClassifier:
                 f"the safety head was trained on encoder {policy.encoder!r}, not {name!r}; "
                 "train a head for this encoder with the safety/ scripts and pass artifact="
             )
-        from .encoding import lean
+        from .encoding import adapt_encoder, lean
 
+        if adapter is not None:
+            encoder = adapt_encoder(encoder, adapter)
         return cls(lean(encoder), head, policy)
 
     @property
@@ -212,7 +217,7 @@ class SafetyClassifier:
             window = newest if window is None else window
         else:
             window = None
-        feats = build_features(
+        args = (
             emb[newest],
             [texts[j] for j in newest],
             None if window is None else emb[window],
@@ -220,7 +225,9 @@ class SafetyClassifier:
             self.policy.ngram_buckets,
             self.policy.ngram_scale,
         )
-        return self.head.scores(feats, role)
+        if isinstance(self.head, LinearHead):  # blockwise: no sparse hstack per check
+            return self.head.scores_blocks(feature_blocks(*args), role)
+        return self.head.scores(build_features(*args), role)
 
     def _verdict(self, row: FloatArray, role: Role) -> Verdict:
         thresholds = dict(self.policy.thresholds[role.value])

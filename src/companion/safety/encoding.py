@@ -10,15 +10,19 @@ Nothing derived from the text is kept after the call.
 
 from __future__ import annotations
 
+import copy
+import hashlib
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
+from ..errors import ModelLoadError
 from ..protocols import Encoder
 
-__all__ = ["LeanEncoder", "lean"]
+__all__ = ["LeanEncoder", "adapt_encoder", "adapter_digest", "lean"]
 
 
 class LeanEncoder:
@@ -107,3 +111,50 @@ def lean(encoder: Encoder) -> Encoder:
     if not mean_only:
         return encoder
     return LeanEncoder(model, str(getattr(encoder, "name", "unknown")))
+
+
+def adapter_digest(adapter_dir: str | Path) -> str:
+    """A short sha256 of an encoder adapter's weights and config (names it in caches and logs)."""
+    folder = Path(adapter_dir)
+    h = hashlib.sha256()
+    for name in ("adapter_config.json", "adapter_model.safetensors"):
+        h.update((folder / name).read_bytes())
+    return h.hexdigest()[:10]
+
+
+def adapt_encoder(encoder: Encoder, adapter_dir: str | Path) -> Encoder:
+    """A copy of ``encoder`` with the LoRA adapter in ``adapter_dir`` merged into its transformer.
+
+    The guard's fine-tuned encoder ships as a small PEFT LoRA adapter on the base sentence
+    encoder (``safety/finetune_encoder.py``). Merging it gives plain weights, so a check costs
+    what the base encoder costs. The encoder passed in is left untouched; the copy is named
+    ``"<base name>+lora:<digest>"``.
+
+    Raises:
+        ModelLoadError: the adapter is missing, or ``encoder`` is not a sentence-transformers
+            model with a ``Transformer`` first module.
+    """
+    folder = Path(adapter_dir)
+    if not (folder / "adapter_config.json").is_file():
+        raise ModelLoadError(f"encoder adapter {folder} has no adapter_config.json")
+    model: Any = getattr(encoder, "model", None)
+    try:
+        model[0].auto_model  # noqa: B018 - the check is the access
+    except (TypeError, IndexError, AttributeError) as exc:
+        raise ModelLoadError(
+            "an encoder adapter needs a sentence-transformers model with a Transformer module"
+        ) from exc
+    try:
+        from peft import PeftModel
+    except ImportError as exc:  # pragma: no cover - peft is a dependency
+        raise ModelLoadError("loading an encoder adapter needs peft: pip install peft") from exc
+    st = copy.deepcopy(model)
+    try:
+        tuned = PeftModel.from_pretrained(st[0].auto_model, str(folder), is_trainable=False)
+    except (OSError, ValueError, KeyError, RuntimeError) as exc:
+        raise ModelLoadError(f"could not apply encoder adapter {folder}: {exc}") from exc
+    st[0].auto_model = tuned.merge_and_unload().eval()
+    from ..models.encoder import SentenceEncoder
+
+    name = f"{getattr(encoder, 'name', 'unknown')}+lora:{adapter_digest(folder)}"
+    return SentenceEncoder(st, name)

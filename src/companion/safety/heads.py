@@ -75,6 +75,20 @@ class LinearHead:
         logits = np.asarray(features @ w, dtype=np.float32) + b
         return np.asarray(1.0 / (1.0 + np.exp(-np.clip(logits, -30, 30))), dtype=np.float32)
 
+    def scores_blocks(self, blocks: Sequence[Any], role: Role) -> FloatArray:
+        """:meth:`scores` of the features ``hstack(blocks)``, without building them: each block
+        meets its own rows of ``W``."""
+        w, b = self._weights[Role(role)]
+        widths = [blk.shape[1] for blk in blocks]
+        if sum(widths) != w.shape[0]:
+            raise ValueError(f"blocks are {sum(widths)} features wide; the head expects {len(w)}")
+        logits = np.zeros((blocks[0].shape[0], w.shape[1]), dtype=np.float32) + b
+        start = 0
+        for blk, width in zip(blocks, widths, strict=True):
+            logits += np.asarray(blk @ w[start : start + width], dtype=np.float32)
+            start += width
+        return np.asarray(1.0 / (1.0 + np.exp(-np.clip(logits, -30, 30))), dtype=np.float32)
+
     def save(self, path: str | Path) -> None:
         """Write the weights to an ``.npz`` file."""
         arrays: dict[str, FloatArray] = {}
