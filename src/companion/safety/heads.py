@@ -72,8 +72,7 @@ class LinearHead:
     def scores(self, features: Any, role: Role) -> FloatArray:
         """Probabilities of shape ``(n, len(labels))``; ``features`` dense or scipy sparse."""
         w, b = self._weights[Role(role)]
-        logits = np.asarray(features @ w, dtype=np.float32) + b
-        return np.asarray(1.0 / (1.0 + np.exp(-np.clip(logits, -30, 30))), dtype=np.float32)
+        return _sigmoid(np.asarray(features @ w, dtype=np.float32) + b)
 
     def scores_blocks(self, blocks: Sequence[Any], role: Role) -> FloatArray:
         """:meth:`scores` of the features ``hstack(blocks)``, without building them: each block
@@ -87,7 +86,7 @@ class LinearHead:
         for blk, width in zip(blocks, widths, strict=True):
             logits += np.asarray(blk @ w[start : start + width], dtype=np.float32)
             start += width
-        return np.asarray(1.0 / (1.0 + np.exp(-np.clip(logits, -30, 30))), dtype=np.float32)
+        return _sigmoid(logits)
 
     def save(self, path: str | Path) -> None:
         """Write the weights to an ``.npz`` file."""
@@ -107,3 +106,7 @@ class LinearHead:
                 if f"{role.value}_W" in data
             }
         return cls(weights, labels)
+
+
+def _sigmoid(logits: npt.ArrayLike) -> FloatArray:
+    return np.asarray(1.0 / (1.0 + np.exp(-np.clip(logits, -30, 30))), dtype=np.float32)
