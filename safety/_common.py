@@ -118,15 +118,18 @@ def cache_path(run_dir: str | Path, encoder_name: str) -> Path:
     return Path(run_dir) / "cache" / f"emb-{digest}.npz"
 
 
-def load_encoder_for(name: str, adapter: str | Path | None = None) -> Any:
-    """The encoder ``name`` (``embedded`` for the embedded MiniLM), with the LoRA ``adapter``
-    from ``finetune_encoder.py`` merged when given, on the guard's lean path. Its ``name`` then
-    carries the adapter's digest, so embedding caches of different adapters never mix."""
+def load_encoder_for(
+    name: str, adapter: str | Path | None = None, layers: int = 0, quantization: str = ""
+) -> Any:
+    """The guard's encoder: base ``name`` (``embedded`` for the embedded MiniLM) cut to its first
+    ``layers`` layers (0: all), with the LoRA ``adapter`` from ``finetune_encoder.py`` merged and
+    the ``quantization`` applied, on the lean path, exactly as the runtime builds it. Its
+    ``name`` carries all of these, so embedding caches of different encoders never mix."""
     from companion.models.encoder import EMBEDDED_ENCODER, load_encoder
-    from companion.safety.encoding import adapt_encoder, lean
+    from companion.safety.encoding import guard_encoder
 
     encoder = load_encoder(None if name in ("embedded", EMBEDDED_ENCODER) else name)
-    return lean(adapt_encoder(encoder, adapter) if adapter else encoder)
+    return guard_encoder(encoder, layers=layers, adapter=adapter, quantization=quantization)
 
 
 def resolve_adapter(value: str, run_dir: str | Path) -> str:

@@ -1,16 +1,20 @@
 """Latency of one guard check on this CPU, next to the bare encoder on the same texts.
 
 Times, per text (one call each, batch of one, as the pipeline does):
-- ``encoder``: the bare encoder on the lean path (tokenize -> transformer -> mean pool);
+- ``encoder``: the guard's own encoder, bare, on the lean path (tokenize -> transformer ->
+  mean pool), as the artifact builds it (layers kept, adapter merged, quantisation);
+- ``minilm``: the full embedded all-MiniLM-L6-v2 in fp32 on the same lean path: the encoder
+  of policy 3.0, and the baseline the smaller encoder is measured against;
 - ``check``: ``SafetyClassifier.classify`` (normalise + encode + head + thresholds), no context;
 - ``check+ctx``: the same with three earlier user turns (two texts encoded: newest, window);
 - ``st.encode``: ``SentenceTransformer.encode`` for reference.
 
 Texts are hand-written user messages of at most ``max_tokens`` tokens. Prints median and p95
-milliseconds and the check / encoder ratio; writes ``{run_dir}/benchmark.json``.
+milliseconds and the check / encoder and check / minilm ratios; writes
+``{run_dir}/benchmark.json``.
 
 Usage:
-    python safety/benchmark.py [--n 200] [--threads 0]
+    python safety/benchmark.py [--n 200] [--threads 0] [--artifact runs/safety/artifact]
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ class Args:
     threads: int = field(default=0, metadata={"help": "torch threads (0: torch default)"})
     warmup: int = field(default=20, metadata={"help": "untimed calls first"})
     run_dir: str = field(default=DEFAULT_RUN_DIR, metadata={"help": "where to write results"})
+    artifact: str = field(default="", metadata={"help": "artifact folder ('': the shipped one)"})
 
 
 def timeit(fn: Callable[[str], object], texts: list[str]) -> list[float]:
@@ -56,7 +61,7 @@ def main(args: Args) -> None:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    clf = SafetyClassifier.from_defaults()
+    clf = SafetyClassifier.from_defaults(artifact=args.artifact or None)
     enc = clf.encoder
     tok = enc._tokenizer  # type: ignore[attr-defined]
     pool = [
@@ -78,10 +83,13 @@ def main(args: Args) -> None:
     )
 
     from companion.models import load_encoder
+    from companion.safety.encoding import lean
 
     st = load_encoder()
+    minilm = lean(st)
     runs = {
         "encoder": lambda t: enc.encode([normalize(t)]),
+        "minilm": lambda t: minilm.encode([normalize(t)]),
         "check": lambda t: clf.classify(t),
         "check+ctx": lambda t: clf.classify(t, context=context),
         "st.encode": lambda t: st.encode([t]),
@@ -94,15 +102,21 @@ def main(args: Args) -> None:
         for name, fn in runs.items():
             times[name] += timeit(fn, [t])
     results = {name: summary(ms) for name, ms in times.items()}
-    ratio = results["check"]["median_ms"] / results["encoder"]["median_ms"]
-    ratio_ctx = results["check+ctx"]["median_ms"] / results["encoder"]["median_ms"]
+    med = {name: r["median_ms"] for name, r in results.items()}
+    ratio = med["check"] / med["encoder"]
+    ratio_ctx = med["check+ctx"] / med["encoder"]
+    ratio_base = med["check"] / med["minilm"]
     for name, r in results.items():
         print(f"  {name:10s} median {r['median_ms']:7.2f} ms   p95 {r['p95_ms']:7.2f} ms")
+    print(f"  guard encoder: {enc.name}")
     print(f"  check / encoder (median): {ratio:.2f}x; check+ctx / encoder: {ratio_ctx:.2f}x")
+    print(f"  check / full MiniLM fp32 encoder (median): {ratio_base:.2f}x")
     out = {
         **results,
+        "guard_encoder": enc.name,
         "ratio_check_over_encoder": round(ratio, 3),
         "ratio_check_ctx_over_encoder": round(ratio_ctx, 3),
+        "ratio_check_over_minilm": round(ratio_base, 3),
         "n": len(texts),
         "threads": torch.get_num_threads(),
         "loadavg": os.getloadavg()[0],

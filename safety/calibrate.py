@@ -117,7 +117,9 @@ def main(args: Args) -> None:
     report = json.loads((run / "train_report.json").read_text("utf-8"))
     manifest = json.loads((run / "manifest.json").read_text("utf-8"))
     adapter = report.get("encoder_adapter") or ""
-    encoder = load_encoder_for(report["encoder"], adapter)
+    layers = int(report.get("encoder_layers", 0))
+    quantization = str(report.get("encoder_quantization", ""))
+    encoder = load_encoder_for(report["encoder"], adapter, layers, quantization)
     cache = EmbeddingCache(encoder, cache_path(run, encoder.name))
     policy = scaffold_policy(
         report["encoder"], report["context_turns"], report["ngram_buckets"], report["ngram_scale"]
@@ -166,6 +168,8 @@ def main(args: Args) -> None:
         thresholds=thresholds,
         encoder=report["encoder"],
         encoder_adapter=ADAPTER_DIR if adapter else "",
+        encoder_layers=layers,
+        encoder_quantization=quantization,
         normalization=NORMALIZATION_VERSION,
         context_turns=report["context_turns"],
         ngram_buckets=report["ngram_buckets"],

@@ -158,7 +158,12 @@ def fmt(m: dict[str, Any], key: str) -> str:
 def main(args: Args) -> None:
     run, data_dir = Path(args.run_dir), Path(args.data_dir)
     head, policy = load_artifact(args.artifact or None)
-    encoder = load_encoder_for(policy.encoder, encoder_adapter_dir(policy, args.artifact or None))
+    encoder = load_encoder_for(
+        policy.encoder,
+        encoder_adapter_dir(policy, args.artifact or None),
+        policy.encoder_layers,
+        policy.encoder_quantization,
+    )
     cache = EmbeddingCache(encoder, cache_path(run, encoder.name))
     out_dir = run / "eval"
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -13,11 +13,15 @@ context), sources in ``--exclude`` left out. Public sources are sampled to at mo
 ``--max_per_group`` rows per (source, role, label) each epoch; hand-written rows are all used.
 Texts are normalised exactly as at run time. The validation split only reports AUPRC per epoch.
 
+``--layers N`` trains on the encoder's first N layers only (a faster encoder; ``train.py`` reads
+the number from ``encoder_report.json`` and the policy records it).
+
 Writes ``{run_dir}/encoder_adapter/`` (PEFT ``save_pretrained``, weights stored as fp16) and
 ``encoder_report.json``.
 
 Usage:
     python safety/finetune_encoder.py [--run_dir runs/safety] [--epochs 3] [--max_steps 0]
+        [--layers 0]
 """
 
 from __future__ import annotations
@@ -53,8 +57,13 @@ class Args:
     max_per_group: int = field(default=500, metadata={"help": "public rows per group and epoch"})
     threads: int = field(default=0, metadata={"help": "torch threads (0: torch default)"})
     exclude: str = field(default="cssrs", metadata={"help": "sources not trained on"})
+    layers: int = field(
+        default=0, metadata={"help": "train on the encoder's first N layers only (0: all)"}
+    )
 
     def __post_init__(self) -> None:
+        if self.layers < 0:
+            raise ValueError("need layers >= 0 (0: all)")
         if self.epochs < 1 or self.batch_size < 1 or self.max_length < 8:
             raise ValueError("need epochs >= 1, batch_size >= 1 and max_length >= 8")
 
@@ -106,7 +115,7 @@ class Tuner:
         from _common import load_encoder_for
         from peft import LoraConfig, get_peft_model
 
-        encoder = load_encoder_for(args.encoder)
+        encoder = load_encoder_for(args.encoder, layers=args.layers)
         self.tokenizer = encoder.model[0].tokenizer
         base = encoder.model[0].auto_model
         config = LoraConfig(
@@ -224,6 +233,8 @@ def main(args: Args) -> None:
         print(f"  {role:9s} {label:8s} positives {int(pos[j]):5d}  pos_weight {pos_weight[j]:.2f}")
 
     tuner = Tuner(args, pos_weight)
+    if args.layers:
+        print(f"  encoder cut to its first {args.layers} layers")
     print(f"  LoRA r={args.lora_r} on query/key/value/dense: {tuner.trainable:,} trainable")
     history: list[dict[str, Any]] = []
     step, tokens, t0 = 0, 0, time.perf_counter()
@@ -260,6 +271,7 @@ def main(args: Args) -> None:
     save_fp16(tuner.model, out, args.encoder)
     report = {
         "encoder": args.encoder,
+        "layers": args.layers,
         "seed": args.seed,
         "steps": step,
         "epochs": history,

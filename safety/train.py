@@ -10,6 +10,7 @@ in ``calibrate.py``, the thresholds; no test row is read here.
 
 Usage:
     python safety/train.py [--run_dir runs/safety] [--encoder embedded] [--seed 13]
+        [--quantization int8-dynamic]
 """
 
 from __future__ import annotations
@@ -49,6 +50,13 @@ class Args:
         default="auto",
         metadata={"help": "'auto' ({run_dir}/encoder_adapter if any), 'none' or a folder"},
     )
+    encoder_layers: int = field(
+        default=-1,
+        metadata={"help": "-1: as the adapter was trained (encoder_report.json); 0: all; N"},
+    )
+    quantization: str = field(
+        default="", metadata={"help": "'int8-dynamic' or '' (fp32) for the guard's encoder"}
+    )
     seed: int = field(default=13, metadata={"help": "solver seed"})
     c_grid: str = field(default="0.25,1,4,16", metadata={"help": "C values to try"})
     context_turns: int = field(default=3, metadata={"help": "earlier user turns in the window"})
@@ -85,8 +93,13 @@ def main(args: Args) -> None:
     run = Path(args.run_dir)
     adapter = resolve_adapter(args.encoder_adapter, run)
     print(f"encoder: {args.encoder}; fine-tuned adapter: {adapter or 'none (frozen encoder)'}")
-    encoder = load_encoder_for(args.encoder, adapter)
-    name = EMBEDDED_ENCODER if args.encoder == "embedded" else encoder.name.split("+lora:")[0]
+    layers = args.encoder_layers
+    if layers < 0:
+        tuned = run / "encoder_report.json"
+        layers = json.loads(tuned.read_text("utf-8")).get("layers", 0) if adapter else 0
+    print(f"encoder layers: {layers or 'all'}; quantization: {args.quantization or 'none (fp32)'}")
+    encoder = load_encoder_for(args.encoder, adapter, layers, args.quantization)
+    name = EMBEDDED_ENCODER if args.encoder == "embedded" else args.encoder
     cache = EmbeddingCache(encoder, cache_path(run, encoder.name))
     policy = scaffold_policy(name, args.context_turns, args.ngram_buckets, args.ngram_scale)
     grid = [float(c) for c in args.c_grid.split(",")]
@@ -101,6 +114,8 @@ def main(args: Args) -> None:
     report: dict[str, object] = {
         "encoder": name,
         "encoder_adapter": adapter,
+        "encoder_layers": layers,
+        "encoder_quantization": args.quantization,
         "seed": args.seed,
         "roles": {},
     }

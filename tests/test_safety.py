@@ -132,12 +132,17 @@ def test_policy_validates_thresholds_and_features():
         Policy("v", thresholds=THRESHOLDS, context_rule="sometimes")
     with pytest.raises(ValueError, match="user_features"):
         Policy("v", thresholds=THRESHOLDS, user_features="everything")
+    with pytest.raises(ValueError, match="encoder_layers"):
+        Policy("v", thresholds=THRESHOLDS, encoder_layers=-1)
+    with pytest.raises(ValueError, match="encoder_quantization"):
+        Policy("v", thresholds=THRESHOLDS, encoder_quantization="int4")
 
 
 def test_artifact_round_trip(tmp_path):
-    save_artifact(tmp_path / "a", _head(), _policy(training={"train_hash": "abc"}))
+    kw = {"training": {"train_hash": "abc"}, "encoder_layers": 3}
+    save_artifact(tmp_path / "a", _head(), _policy(**kw, encoder_quantization="int8-dynamic"))
     head, policy = load_artifact(tmp_path / "a")
-    assert policy == _policy(training={"train_hash": "abc"})
+    assert policy == _policy(**kw, encoder_quantization="int8-dynamic")
     assert json.loads((tmp_path / "a" / "policy.json").read_text())["policy_version"] == "test-1"
     assert head.n_features(Role.USER) == 2 * len(VOCAB)
 
@@ -322,3 +327,28 @@ def test_a_crisis_message_fires_whatever_the_context(clf):
 def test_context_is_ignored_for_assistant_replies(clf):
     v = clf.classify("I'm parked next to it now", "assistant", ["How high is that bridge?"])
     assert v.category is Category.NONE
+
+
+def test_hashed_ngrams_equal_scikit_learns_hashing_vectorizer():
+    import json
+    from pathlib import Path
+
+    from sklearn.feature_extraction.text import HashingVectorizer
+
+    from companion.safety.features import _analyzers, hashed_ngrams
+
+    seed = Path(__file__).resolve().parents[1] / "safety" / "data"
+    texts = [json.loads(line)["text"] for line in (seed / "crisis.jsonl").open()][:200]
+    texts += ["", "a", "  spaced   out  ", "ÉMOJI 💊 naïve café", "x" * 300, "k i l l", "a b"]
+    words, chars = _analyzers()
+    for analyzer, kind in ((words, "word"), (chars, "char_wb")):
+        ngram = (1, 2) if kind == "word" else (3, 5)
+        for buckets in (2**14, 7):
+            ref = HashingVectorizer(
+                n_features=buckets, analyzer=kind, ngram_range=ngram, alternate_sign=False
+            ).transform(texts)
+            ours = hashed_ngrams(texts, analyzer, buckets, 2.0)
+            assert ours.shape == ref.shape
+            np.testing.assert_allclose(ours.tocsr().toarray(), 2.0 * ref.toarray(), atol=1e-6)
+            w = np.random.default_rng(0).normal(size=(buckets, 2)).astype(np.float32)
+            np.testing.assert_allclose(ours @ w, 2.0 * (ref @ w), atol=1e-4)

@@ -35,12 +35,16 @@ def test_prepare_finetune_train_calibrate_evaluate_on_a_tiny_subset(tmp_path):
     run = str(tmp_path / "run")
     out = _run("prepare.py", "--out_dir", run, "--data_dir", str(DATA), "--max_per_source", "4")
     assert "train hash" in out
-    out = _run("finetune_encoder.py", "--run_dir", run, "--max_steps", "3", "--batch_size", "8")
-    assert "val AUPRC" in out
+    out = _run(
+        "finetune_encoder.py", "--run_dir", run, "--max_steps", "3", "--batch_size", "8",
+        "--layers", "3",
+    )  # fmt: skip
+    assert "val AUPRC" in out and "first 3 layers" in out
     report = json.loads((tmp_path / "run" / "encoder_report.json").read_text())
-    assert report["steps"] == 3 and report["tokens"] > 0
-    out = _run("train.py", "--run_dir", run, "--c_grid", "1")
+    assert report["steps"] == 3 and report["tokens"] > 0 and report["layers"] == 3
+    out = _run("train.py", "--run_dir", run, "--c_grid", "1", "--quantization", "int8-dynamic")
     assert "fine-tuned adapter: " + str(tmp_path / "run" / "encoder_adapter") in out
+    assert "encoder layers: 3; quantization: int8-dynamic" in out
     out = _run("calibrate.py", "--run_dir", run)
     assert "wrote" in out and "installed" not in out
     artifact = tmp_path / "run" / "artifact"
@@ -48,6 +52,13 @@ def test_prepare_finetune_train_calibrate_evaluate_on_a_tiny_subset(tmp_path):
     assert set(policy["thresholds"]) == {"user", "assistant"}
     assert policy["encoder_adapter"] == "encoder_adapter"
     assert (artifact / "encoder_adapter" / "adapter_model.safetensors").is_file()
+    assert policy["encoder_layers"] == 3 and policy["encoder_quantization"] == "int8-dynamic"
+    from companion.safety import SafetyClassifier
+
+    clf = SafetyClassifier.from_defaults(artifact=artifact)
+    assert clf.encoder.name.startswith("embedded:all-minilm-l6-v2:L3+lora:")
+    assert clf.encoder.name.endswith("+int8")
+    assert clf.classify("hello").scores.keys() == {"crisis", "medical"}
     out = _run(
         "evaluate.py",
         "--run_dir",

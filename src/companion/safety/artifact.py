@@ -49,6 +49,10 @@ class Policy:
             path/id).
         encoder_adapter: Folder, relative to the artifact, of the LoRA adapter fine-tuned on
             the base encoder (``safety/finetune_encoder.py``); empty: the frozen base encoder.
+        encoder_layers: Keep only the base encoder's first this many transformer layers before
+            the adapter is merged (0: all of them). The adapter must have been trained on them.
+        encoder_quantization: ``"int8-dynamic"``: the encoder runs with int8 linear layers
+            (after the adapter is merged); ``""``: fp32.
         normalization: :data:`~companion.safety.normalize.NORMALIZATION_VERSION` at training.
         context_turns: Earlier user turns joined with the newest message into the window.
         context_max_words: The window keeps the newest turns that fit in this many words.
@@ -67,6 +71,8 @@ class Policy:
     thresholds: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
     encoder: str = "embedded:all-minilm-l6-v2"
     encoder_adapter: str = ""
+    encoder_layers: int = 0
+    encoder_quantization: str = ""
     normalization: str = NORMALIZATION_VERSION
     context_turns: int = 3
     context_max_words: int = 160
@@ -85,6 +91,12 @@ class Policy:
             raise ValueError(
                 f"ngram_buckets={self.ngram_buckets}, ngram_scale={self.ngram_scale}: "
                 "need buckets >= 0 and scale > 0"
+            )
+        if self.encoder_layers < 0:
+            raise ValueError(f"encoder_layers={self.encoder_layers}: need >= 0 (0: all)")
+        if self.encoder_quantization not in ("", "int8-dynamic"):
+            raise ValueError(
+                f"encoder_quantization={self.encoder_quantization!r}; expected '' or 'int8-dynamic'"
             )
         if self.context_turns < 0 or self.context_max_words < 1:
             raise ValueError(

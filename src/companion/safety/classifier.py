@@ -112,7 +112,8 @@ class SafetyClassifier:
                 all-MiniLM-L6-v2. An encoder whose ``name`` differs from the artifact's
                 ``encoder`` is refused: a head only fits the embeddings it was trained on.
                 When the artifact carries a fine-tuned encoder adapter, it is merged into a
-                copy of this encoder (the one passed in is not changed).
+                copy of this encoder (the one passed in is not changed), after truncation to
+                the policy's ``encoder_layers`` and before its ``encoder_quantization``.
             artifact: A folder written by ``safety/calibrate.py``; ``None`` for the shipped one.
 
         Raises:
@@ -130,11 +131,15 @@ class SafetyClassifier:
                 f"the safety head was trained on encoder {policy.encoder!r}, not {name!r}; "
                 "train a head for this encoder with the safety/ scripts and pass artifact="
             )
-        from .encoding import adapt_encoder, lean
+        from .encoding import guard_encoder
 
-        if adapter is not None:
-            encoder = adapt_encoder(encoder, adapter)
-        return cls(lean(encoder), head, policy)
+        encoder = guard_encoder(
+            encoder,
+            layers=policy.encoder_layers,
+            adapter=adapter,
+            quantization=policy.encoder_quantization,
+        )
+        return cls(encoder, head, policy)
 
     @property
     def thresholds(self) -> dict[str, dict[str, float]]:

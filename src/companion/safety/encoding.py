@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import re
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -22,7 +24,18 @@ import numpy.typing as npt
 from ..errors import ModelLoadError
 from ..protocols import Encoder
 
-__all__ = ["LeanEncoder", "adapt_encoder", "adapter_digest", "lean"]
+__all__ = [
+    "QUANTIZATIONS",
+    "LeanEncoder",
+    "adapt_encoder",
+    "adapter_digest",
+    "guard_encoder",
+    "lean",
+    "quantize_encoder",
+    "truncate_encoder",
+]
+
+QUANTIZATIONS = ("", "int8-dynamic")
 
 
 class LeanEncoder:
@@ -33,12 +46,17 @@ class LeanEncoder:
             mean ``Pooling`` (and optionally ``Normalize``).
         name: How the encoder is named in artifacts.
         batch_size: Texts per forward pass for large inputs (sorted by length first).
+        one_at_a_time: Run every text through its own forward pass. Needed for dynamically
+            quantised models, whose activation scales are computed over the whole batch: a
+            text's embedding would otherwise depend on the texts batched with it.
     """
 
-    def __init__(self, model: Any, name: str, batch_size: int = 32) -> None:
+    def __init__(
+        self, model: Any, name: str, batch_size: int = 32, one_at_a_time: bool = False
+    ) -> None:
         self.model = model
         self.name = name
-        self.batch_size = batch_size
+        self.batch_size = 1 if one_at_a_time else batch_size
         first = model[0]
         self._transformer = first.auto_model
         self._tokenizer = first.tokenizer
@@ -84,10 +102,11 @@ class LeanEncoder:
             return np.asarray(pooled.float().cpu().numpy(), dtype=np.float32)
 
 
-def lean(encoder: Encoder) -> Encoder:
+def lean(encoder: Encoder, one_at_a_time: bool = False) -> Encoder:
     """``encoder`` on the lean path when it is a plain mean-pooling sentence-transformers model.
 
     Anything else (a fake, another backend, CLS pooling) is returned unchanged.
+    ``one_at_a_time``: see :class:`LeanEncoder`.
     """
     model = getattr(encoder, "model", None)
     if model is None or isinstance(encoder, LeanEncoder):
@@ -110,7 +129,7 @@ def lean(encoder: Encoder) -> Encoder:
         return encoder
     if not mean_only:
         return encoder
-    return LeanEncoder(model, str(getattr(encoder, "name", "unknown")))
+    return LeanEncoder(model, str(getattr(encoder, "name", "unknown")), one_at_a_time=one_at_a_time)
 
 
 def adapter_digest(adapter_dir: str | Path) -> str:
@@ -137,13 +156,15 @@ def adapt_encoder(encoder: Encoder, adapter_dir: str | Path) -> Encoder:
     folder = Path(adapter_dir)
     if not (folder / "adapter_config.json").is_file():
         raise ModelLoadError(f"encoder adapter {folder} has no adapter_config.json")
-    model: Any = getattr(encoder, "model", None)
-    try:
-        model[0].auto_model  # noqa: B018 - the check is the access
-    except (TypeError, IndexError, AttributeError) as exc:
+    model = _sentence_model(encoder)
+    trained = _adapter_layers(folder)
+    blocks = getattr(getattr(model[0].auto_model, "encoder", None), "layer", None)
+    layers = len(blocks) if blocks is not None else trained  # only BERT-family is checked
+    if trained and trained != layers:
         raise ModelLoadError(
-            "an encoder adapter needs a sentence-transformers model with a Transformer module"
-        ) from exc
+            f"encoder adapter {folder} was trained on a {trained}-layer encoder, not on "
+            f"{layers} layers: set the policy's encoder_layers to {trained}"
+        )
     try:
         from peft import PeftModel
     except ImportError as exc:  # pragma: no cover - peft is a dependency
@@ -158,3 +179,113 @@ def adapt_encoder(encoder: Encoder, adapter_dir: str | Path) -> Encoder:
 
     name = f"{getattr(encoder, 'name', 'unknown')}+lora:{adapter_digest(folder)}"
     return SentenceEncoder(st, name)
+
+
+def _adapter_layers(folder: Path) -> int:
+    """How many transformer layers the adapter's weights cover (0: unknown)."""
+    from safetensors import safe_open
+
+    path = folder / "adapter_model.safetensors"
+    if not path.is_file():
+        return 0
+    with safe_open(str(path), framework="pt") as f:
+        keys = list(f.keys())
+    found = {int(m.group(1)) for k in keys if (m := re.search(r"\.layer\.(\d+)\.", k))}
+    return max(found) + 1 if found else 0
+
+
+def _layer_list(transformer: Any) -> Any:
+    """The ``ModuleList`` of transformer blocks of a BERT-family encoder."""
+    layers = getattr(getattr(transformer, "encoder", None), "layer", None)
+    if layers is None:
+        raise ModelLoadError(
+            f"cannot find the layers of {type(transformer).__name__}: only BERT-family encoders "
+            "(model.encoder.layer) can be truncated"
+        )
+    return layers
+
+
+def _sentence_model(encoder: Encoder) -> Any:
+    model: Any = getattr(encoder, "model", None)
+    try:
+        model[0].auto_model  # noqa: B018 - the check is the access
+    except (TypeError, IndexError, AttributeError) as exc:
+        raise ModelLoadError(
+            "shaping the guard's encoder needs a sentence-transformers model with a Transformer "
+            "module"
+        ) from exc
+    return model
+
+
+def truncate_encoder(encoder: Encoder, layers: int) -> Encoder:
+    """A copy of ``encoder`` that keeps only its first ``layers`` transformer layers.
+
+    Half the layers cost about half the time. The guard's encoder adapter is then trained on
+    the truncated encoder (``finetune_encoder.py --layers``), so the kept layers learn the task.
+    The copy is named ``"<name>:L<layers>"``; ``encoder`` is left untouched.
+
+    Raises:
+        ModelLoadError: not a BERT-family sentence-transformers model, or ``layers`` is not
+            between 1 and the encoder's depth.
+    """
+    from torch import nn
+
+    model = _sentence_model(encoder)
+    depth = len(_layer_list(model[0].auto_model))
+    if not 1 <= layers <= depth:
+        raise ModelLoadError(f"encoder_layers={layers}: this encoder has {depth} layers")
+    st = copy.deepcopy(model)
+    transformer = st[0].auto_model
+    transformer.encoder.layer = nn.ModuleList(list(transformer.encoder.layer)[:layers])
+    transformer.config.num_hidden_layers = layers
+    from ..models.encoder import SentenceEncoder
+
+    return SentenceEncoder(st, f"{getattr(encoder, 'name', 'unknown')}:L{layers}")
+
+
+def quantize_encoder(encoder: Encoder) -> Encoder:
+    """A copy of ``encoder`` with every linear layer quantised to int8 (PyTorch dynamic
+    quantisation: int8 weights, activations quantised per call). About 1.5x faster on a CPU.
+
+    Scores from it differ slightly from the fp32 encoder's, so a head must be trained and
+    calibrated on the quantised encoder (the policy's ``encoder_quantization``). Use it through
+    :func:`lean` with ``one_at_a_time=True``. The copy is named ``"<name>+int8"``.
+    """
+    import torch
+
+    model = _sentence_model(encoder)
+    st = copy.deepcopy(model)
+    with warnings.catch_warnings():  # the eager API is deprecated in favour of torchao
+        warnings.simplefilter("ignore")
+        st[0].auto_model = torch.ao.quantization.quantize_dynamic(  # type: ignore[no-untyped-call]
+            st[0].auto_model.eval(), {torch.nn.Linear}, dtype=torch.qint8
+        )
+    from ..models.encoder import SentenceEncoder
+
+    return SentenceEncoder(st, f"{getattr(encoder, 'name', 'unknown')}+int8")
+
+
+def guard_encoder(
+    encoder: Encoder,
+    *,
+    layers: int = 0,
+    adapter: str | Path | None = None,
+    quantization: str = "",
+) -> Encoder:
+    """The guard's encoder built from the base ``encoder``, in the order training used:
+    keep the first ``layers`` layers (0: all), merge the LoRA ``adapter``, quantise
+    (``"int8-dynamic"`` or ``""``), then take the lean path.
+
+    Raises:
+        ModelLoadError: see :func:`truncate_encoder` and :func:`adapt_encoder`; or an unknown
+            ``quantization``.
+    """
+    if quantization not in QUANTIZATIONS:
+        raise ModelLoadError(f"encoder_quantization={quantization!r}; expected {QUANTIZATIONS}")
+    if layers:
+        encoder = truncate_encoder(encoder, layers)
+    if adapter:
+        encoder = adapt_encoder(encoder, adapter)
+    if quantization:
+        encoder = quantize_encoder(encoder)
+    return lean(encoder, one_at_a_time=bool(quantization))

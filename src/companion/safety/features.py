@@ -2,39 +2,94 @@
 
 Frozen sentence embeddings put "this exam is killing me" close to "I want to kill myself";
 a linear head on them alone cannot reach high crisis recall without flagging many such hard
-negatives. Hashed n-grams (stateless: no vocabulary to ship, scikit-learn's murmurhash
-``HashingVectorizer``) give the head the surface cues ("myself", "kms", "mg") that the
-embedding blurs. Both the runtime classifier and the training scripts build features here.
+negatives. Hashed n-grams (stateless: no vocabulary to ship; scikit-learn's analyzers and
+murmurhash, equal to its ``HashingVectorizer``) give the head the surface cues ("myself",
+"kms", "mg") that the embedding blurs. Both the runtime classifier and the training scripts
+build features here.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["build_features", "feature_blocks"]
+__all__ = ["HashedNgrams", "build_features", "feature_blocks", "hashed_ngrams"]
 
 
-@lru_cache(maxsize=4)
-def _vectorizers(buckets: int) -> tuple[Any, Any]:
+@lru_cache(maxsize=1)
+def _analyzers() -> tuple[Any, Any]:
+    """scikit-learn's analyzers: lowercase word 1-2-grams and char_wb 3-5-grams."""
     from sklearn.feature_extraction.text import HashingVectorizer
 
-    words = HashingVectorizer(
-        n_features=buckets, ngram_range=(1, 2), alternate_sign=False, norm="l2", lowercase=True
+    words = HashingVectorizer(ngram_range=(1, 2), lowercase=True)
+    chars = HashingVectorizer(analyzer="char_wb", ngram_range=(3, 5), lowercase=True)
+    return words.build_analyzer(), chars.build_analyzer()
+
+
+@dataclass(frozen=True)
+class HashedNgrams:
+    """Rows of hashed n-gram counts, each row L2-normalised and scaled: CSR arrays without
+    scipy's per-matrix bookkeeping, which costs more than the hashing for one message.
+
+    Equal to scikit-learn's ``HashingVectorizer(n_features=width, alternate_sign=False,
+    norm="l2")`` output times the scale (the tests compare them), so heads trained on either
+    fit both. ``rows @ w`` multiplies by a dense weight block; :meth:`tocsr` gives scipy's form.
+    """
+
+    indptr: npt.NDArray[np.int64]
+    indices: npt.NDArray[np.int64]
+    values: npt.NDArray[np.float32]
+    width: int
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (len(self.indptr) - 1, self.width)
+
+    def __matmul__(self, w: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+        out = np.zeros((self.shape[0], w.shape[1]), dtype=np.float32)
+        for i in range(self.shape[0]):
+            lo, hi = self.indptr[i], self.indptr[i + 1]
+            out[i] = self.values[lo:hi] @ w[self.indices[lo:hi]]
+        return out
+
+    def tocsr(self) -> Any:
+        from scipy import sparse
+
+        return sparse.csr_matrix(
+            (self.values, self.indices, self.indptr), shape=self.shape, dtype=np.float32
+        )
+
+
+def hashed_ngrams(texts: Sequence[str], analyzer: Any, buckets: int, scale: float) -> HashedNgrams:
+    """``scale`` x the L2-normalised hashed counts of ``analyzer``'s n-grams of each text
+    (murmurhash3 seed 0, bucket ``abs(h) % buckets``: scikit-learn's ``FeatureHasher``)."""
+    from sklearn.utils import murmurhash3_32
+
+    indptr = [0]
+    indices: list[npt.NDArray[np.int64]] = []
+    values: list[npt.NDArray[np.float32]] = []
+    for text in texts:
+        hashes = np.array([murmurhash3_32(g, seed=0) for g in analyzer(text)], dtype=np.int64)
+        buckets_hit = np.where(
+            hashes == -(2**31), (2**31 - 1 - (buckets - 1)) % buckets, np.abs(hashes) % buckets
+        )
+        idx, counts = np.unique(buckets_hit, return_counts=True)
+        vals = counts.astype(np.float64)
+        norm = float(np.sqrt((vals**2).sum()))
+        indices.append(idx.astype(np.int64))
+        values.append((scale * vals / norm if norm else vals).astype(np.float32))
+        indptr.append(indptr[-1] + len(idx))
+    return HashedNgrams(
+        np.array(indptr, dtype=np.int64),
+        np.concatenate(indices) if indices else np.zeros(0, np.int64),
+        np.concatenate(values) if values else np.zeros(0, np.float32),
+        buckets,
     )
-    chars = HashingVectorizer(
-        n_features=buckets,
-        analyzer="char_wb",
-        ngram_range=(3, 5),
-        alternate_sign=False,
-        norm="l2",
-        lowercase=True,
-    )
-    return words, chars
 
 
 def feature_blocks(
@@ -46,29 +101,23 @@ def feature_blocks(
     ngram_scale: float = 2.0,
 ) -> list[Any]:
     """The blocks of :func:`build_features`, left side by side: ``[newest_emb, window_emb?,
-    ngrams(newest)..., ngrams(window)?]`` (dense arrays, then scipy CSR matrices).
+    ngrams(newest)..., ngrams(window)?]`` (dense arrays, then :class:`HashedNgrams`).
 
     A head can score blocks one by one (:meth:`LinearHead.scores_blocks`); for one message
-    that skips the sparse ``hstack``, which costs more than the rest of the head.
+    that skips building a sparse matrix, which costs more than the rest of the head.
     """
     blocks: list[Any] = [newest_emb.astype(np.float32, copy=False)]
     if window_emb is not None:
         blocks.append(window_emb.astype(np.float32, copy=False))
     if not ngram_buckets:
         return blocks
-    import sklearn
-
-    words, chars = _vectorizers(ngram_buckets)
-    # scikit-learn's per-call parameter validation can cost milliseconds per check (measured
-    # once on this shared 2-core CPU: two transforms of one message 10.2 ms -> 1.1 ms without
-    # it); the inputs here are ours and always valid.
-    with sklearn.config_context(skip_parameter_validation=True, assume_finite=True):
-        blocks += [
-            ngram_scale * words.transform(newest_text),
-            ngram_scale * chars.transform(newest_text),
-        ]
-        if window_text is not None:
-            blocks.append(0.5 * ngram_scale * words.transform(window_text))
+    words, chars = _analyzers()
+    blocks += [
+        hashed_ngrams(newest_text, words, ngram_buckets, ngram_scale),
+        hashed_ngrams(newest_text, chars, ngram_buckets, ngram_scale),
+    ]
+    if window_text is not None:
+        blocks.append(hashed_ngrams(window_text, words, ngram_buckets, 0.5 * ngram_scale))
     return blocks
 
 
@@ -103,5 +152,7 @@ def build_features(
     from scipy import sparse
 
     return sparse.hstack(
-        [sparse.csr_matrix(x), *blocks[len(dense) :]], format="csr", dtype=np.float32
+        [sparse.csr_matrix(x), *(b.tocsr() for b in blocks[len(dense) :])],
+        format="csr",
+        dtype=np.float32,
     )
