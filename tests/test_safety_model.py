@@ -27,28 +27,38 @@ def clf() -> SafetyClassifier:
 
 def test_the_shipped_guard_runs_on_the_fine_tuned_encoder_and_leaves_the_base_alone():
     from companion.models import load_encoder
-    from companion.safety.encoding import adapt_encoder, lean
+    from companion.safety import encoder_adapter_dir, load_artifact
+    from companion.safety.encoding import guard_encoder, lean, set_transformer, truncate_encoder
 
+    policy = load_artifact()[1]
+    folder = encoder_adapter_dir(policy)
+    assert folder is not None
     base = load_encoder()
     texts = ["this exam is killing me", "I want to kill myself"]
     before = base.encode(texts)
     clf = SafetyClassifier.from_defaults(base)
-    assert clf.encoder.name.startswith("embedded:all-minilm-l6-v2+lora:")
+    assert clf.encoder.name.startswith("embedded:all-minilm-l6-v2")
+    assert "+lora:" in clf.encoder.name
     tuned = clf.encoder.encode(texts)
     np.testing.assert_allclose(base.encode(texts), before, atol=1e-6)  # not mutated
     assert np.abs(tuned - before).max() > 0.05  # the adapter changes the embeddings
-    # Merged weights equal the unmerged PEFT model: merging loses nothing.
+    # Merged weights equal the unmerged PEFT model on the same layers: merging loses nothing.
     from peft import PeftModel
 
-    from companion.safety import encoder_adapter_dir, load_artifact
-
-    folder = encoder_adapter_dir(load_artifact()[1])
-    st = load_encoder().model
-    peft_model = PeftModel.from_pretrained(st[0].auto_model, str(folder)).eval()
-    st[0].auto_model = peft_model
+    layers = policy.encoder_layers
+    shaped = truncate_encoder(load_encoder(), layers) if layers else load_encoder()
+    st = shaped.model
+    set_transformer(st[0], PeftModel.from_pretrained(st[0].auto_model, str(folder)).eval())
     unmerged = lean(type(base)(st, "unmerged")).encode(texts)
-    np.testing.assert_allclose(tuned, unmerged, atol=1e-4)
-    assert adapt_encoder(base, folder).name == clf.encoder.name
+    merged = guard_encoder(base, layers=layers, adapter=folder).encode(texts)
+    np.testing.assert_allclose(merged, unmerged, atol=1e-4)
+    # int8 (when the policy asks for it) stays close to the fp32 merged encoder.
+    assert (tuned * merged).sum(axis=1).min() > 0.97
+    same = guard_encoder(
+        base, layers=layers, adapter=folder, quantization=policy.encoder_quantization
+    )
+    assert same.name == clf.encoder.name
+    np.testing.assert_allclose(same.encode(texts), tuned, atol=1e-6)
 
 
 def test_lean_encoder_matches_sentence_transformers(clf):
