@@ -159,7 +159,7 @@ def adapt_encoder(encoder: Encoder, adapter_dir: str | Path) -> Encoder:
         raise ModelLoadError(f"encoder adapter {folder} has no adapter_config.json")
     model = _sentence_model(encoder)
     trained = _adapter_layers(folder)
-    blocks = getattr(getattr(model[0].auto_model, "encoder", None), "layer", None)
+    blocks = _layer_list(model[0].auto_model, required=False)
     layers = len(blocks) if blocks is not None else trained  # only BERT-family is checked
     if trained and trained != layers:
         raise ModelLoadError(
@@ -195,10 +195,11 @@ def _adapter_layers(folder: Path) -> int:
     return max(found) + 1 if found else 0
 
 
-def _layer_list(transformer: Any) -> Any:
-    """The ``ModuleList`` of transformer blocks of a BERT-family encoder."""
+def _layer_list(transformer: Any, required: bool = True) -> Any:
+    """The ``ModuleList`` of transformer blocks of a BERT-family encoder (``None`` for other
+    architectures when not ``required``)."""
     layers = getattr(getattr(transformer, "encoder", None), "layer", None)
-    if layers is None:
+    if layers is None and required:
         raise ModelLoadError(
             f"cannot find the layers of {type(transformer).__name__}: only BERT-family encoders "
             "(model.encoder.layer) can be truncated"
