@@ -112,6 +112,10 @@ class EmbeddingCache:
         self._dirty = False
 
 
+ADAPTER_DIR = "encoder_adapter"
+"""Folder of the encoder adapter inside a run folder and inside an artifact."""
+
+
 def cache_path(run_dir: str | Path, encoder_name: str) -> Path:
     """Where embeddings by ``encoder_name`` are cached inside a run folder."""
     digest = hashlib.sha1(encoder_name.encode("utf-8")).hexdigest()[:10]
@@ -138,7 +142,7 @@ def resolve_adapter(value: str, run_dir: str | Path) -> str:
     if value == "none":
         return ""
     if value == "auto":
-        folder = Path(run_dir) / "encoder_adapter"
+        folder = Path(run_dir) / ADAPTER_DIR
         return str(folder) if (folder / "adapter_config.json").is_file() else ""
     if not (Path(value) / "adapter_config.json").is_file():
         die(f"--encoder_adapter {value}: no adapter_config.json there")

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 from _common import (
+    ADAPTER_DIR,
     DEFAULT_RUN_DIR,
     LABELS,
     REPO_ROOT,
@@ -52,7 +53,6 @@ CLEAN = {
     ("assistant", "crisis"): {"handwritten"},
     ("assistant", "medical"): {"handwritten"},
 }
-ADAPTER_DIR = "encoder_adapter"
 INSTALL_DIR = REPO_ROOT / "src" / "companion" / "safety" / "artifacts" / "default"
 
 

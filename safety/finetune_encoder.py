@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from _common import DEFAULT_RUN_DIR, LABELS, banner, parse_args, read_jsonl
+from _common import ADAPTER_DIR, DEFAULT_RUN_DIR, LABELS, banner, parse_args, read_jsonl
 
 from companion.safety import normalize
 
@@ -267,7 +267,7 @@ def main(args: Args) -> None:
         if done:
             break
     seconds = time.perf_counter() - t0
-    out = run / "encoder_adapter"
+    out = run / ADAPTER_DIR
     save_fp16(tuner.model, out, args.encoder)
     report = {
         "encoder": args.encoder,

@@ -19,6 +19,7 @@ from typing import Any
 
 from ..errors import ModelLoadError
 from ..types import Role
+from .encoding import QUANTIZATIONS
 from .heads import LinearHead
 from .normalize import NORMALIZATION_VERSION
 
@@ -94,9 +95,9 @@ class Policy:
             )
         if self.encoder_layers < 0:
             raise ValueError(f"encoder_layers={self.encoder_layers}: need >= 0 (0: all)")
-        if self.encoder_quantization not in ("", "int8-dynamic"):
+        if self.encoder_quantization not in QUANTIZATIONS:
             raise ValueError(
-                f"encoder_quantization={self.encoder_quantization!r}; expected '' or 'int8-dynamic'"
+                f"encoder_quantization={self.encoder_quantization!r}; expected {QUANTIZATIONS}"
             )
         if self.context_turns < 0 or self.context_max_words < 1:
             raise ValueError(

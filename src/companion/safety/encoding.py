@@ -277,8 +277,8 @@ def quantize_encoder(encoder: Encoder) -> Encoder:
     with warnings.catch_warnings():  # the eager API is deprecated in favour of torchao
         warnings.simplefilter("ignore")
         quantized = torch.ao.quantization.quantize_dynamic(  # type: ignore[no-untyped-call]
-            st[0].auto_model.eval(), {torch.nn.Linear}, dtype=torch.qint8
-        )
+            st[0].auto_model.eval(), {torch.nn.Linear}, dtype=torch.qint8, inplace=True
+        )  # in place: ``st`` is already our copy
     set_transformer(st[0], quantized)
     from ..models.encoder import SentenceEncoder
 
