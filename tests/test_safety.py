@@ -262,15 +262,18 @@ def test_assistant_replies_use_their_own_head_and_thresholds(clf):
     assert v.category is Category.MEDICAL
 
 
-def test_batch_matches_single_calls_and_encodes_once(clf):
+def test_batch_matches_single_calls_and_encodes_each_text_once(clf):
     items = [
         ClassifyItem("I want to die"),
         ClassifyItem("nice weather", Role.ASSISTANT),
         ClassifyItem("I'm parked next to it now", Role.USER, ("How high is that bridge?",)),
+        ClassifyItem("nice weather", Role.USER, ("nice weather",)),
     ]
     batch = clf.classify_batch(items)
-    # one encoder call: three newest messages, plus window and previous turns for the third
-    assert len(clf.encoder.calls) == 1 and len(clf.encoder.calls[0]) == 5
+    # first call: four newest messages and two windows; second call: the turns before the
+    # newest, only for the third item, whose window scores above its newest message alone
+    assert [len(c) for c in clf.encoder.calls] == [6, 1]
+    assert clf.encoder.calls[1] == ["How high is that bridge?"]
     singles = [clf.classify(i.text, i.role, i.context) for i in items]
     assert [v.category for v in batch] == [v.category for v in singles]
     assert clf.classify_batch([]) == []

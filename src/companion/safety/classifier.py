@@ -171,24 +171,26 @@ class SafetyClassifier:
     def score_batch(self, items: Sequence[ClassifyItem]) -> FloatArray:
         """Raw scores of shape ``(len(items), len(labels))``, columns in ``head.labels`` order.
 
-        For a user message with context, three texts are scored: the newest message alone
-        (``alone``), the window ending with it (``full``) and the window without it (``prev``).
-        Under the ``"rise"`` context rule the window counts only when the newest message raises
-        the conversation's score (``full > prev``): escalation is caught, and an earlier
-        crisis turn does not make every later benign turn fire.
+        For a user message with context, up to three texts are scored: the newest message
+        alone (``alone``), the window ending with it (``full``) and the window without it
+        (``prev``). Under the ``"rise"`` context rule the window counts only when the newest
+        message raises the conversation's score (``full > prev``): escalation is caught, and an
+        earlier crisis turn does not make every later benign turn fire. Where ``full`` is no
+        higher than ``alone`` for every label the answer is ``alone`` whatever ``prev`` is, so
+        ``prev`` is encoded (in a second encoder call) only for the other items.
         """
         if not items:
             return np.zeros((0, len(self.head.labels)), dtype=np.float32)
         texts: list[str] = []
-        slots: list[tuple[int, int, int]] = []  # newest, window, previous (window = -1: none)
+        slots: list[tuple[int, int]] = []  # newest, window (-1: none)
         for item in items:
             newest, window = encoder_inputs(item, self.policy)
             texts.append(newest)
             if window is None:
-                slots.append((len(texts) - 1, -1, -1))
+                slots.append((len(texts) - 1, -1))
                 continue
-            texts += [window, window[: len(window) - len(newest) - 1]]
-            slots.append((len(texts) - 3, len(texts) - 2, len(texts) - 1))
+            texts.append(window)
+            slots.append((len(texts) - 2, len(texts) - 1))
         emb = self.encoder.encode(texts)
         scores = np.zeros((len(items), len(self.head.labels)), dtype=np.float32)
         for role in Role:
@@ -205,7 +207,17 @@ class SafetyClassifier:
             if self.policy.context_rule == "window":
                 scores[ctx] = full
                 continue
-            prev = self._score(emb, texts, [slots[i][2] for i in ctx], None, role)
+            rises = (full > scores[ctx]).any(axis=1)
+            if not rises.any():
+                continue
+            ctx, full = [i for i, r in zip(ctx, rises, strict=True) if r], full[rises]
+            windows = [texts[slots[i][1]] for i in ctx]
+            prev_texts = [
+                w[: len(w) - len(texts[slots[i][0]]) - 1] for i, w in zip(ctx, windows, strict=True)
+            ]
+            prev = self._score(
+                self.encoder.encode(prev_texts), prev_texts, list(range(len(ctx))), None, role
+            )
             scores[ctx] = np.where(full > prev, np.maximum(scores[ctx], full), scores[ctx])
         return scores
 
