@@ -266,14 +266,15 @@ def pooled(
     label: str,
     policy: Any,
     args: Args,
-    subtype: str | None = None,
+    subtype: str | tuple[str, ...] | None = None,
 ) -> dict[str, Any]:
+    subtypes = (subtype,) if isinstance(subtype, str) else subtype
     part = [
         r
         for r in rows
         if r["role"] == role
         and r["source"] in sources
-        and (subtype is None or r.get("subtype") == subtype)
+        and (subtypes is None or r.get("subtype") in subtypes)
     ]
     if label == "any":
         thr = policy.thresholds[role]
@@ -328,7 +329,7 @@ def targets(
             pooled(rows, "user", ("hand_medical",), "medical", policy, args),
         ),
         (
-            "medical FPR, held-out psychoeducation questions",
+            "medical FPR, held-out psychoeducation and medication-class questions",
             "<=",
             0.05,
             "fpr",
@@ -339,7 +340,7 @@ def targets(
                 "medical",
                 policy,
                 args,
-                subtype="psychoeducation",
+                subtype=("psychoeducation", "medication_class_questions"),
             ),
         ),
         (
