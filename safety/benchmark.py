@@ -6,7 +6,8 @@ Times, per text (one call each, batch of one, as the pipeline does):
 - ``minilm``: the full embedded all-MiniLM-L6-v2 in fp32 on the same lean path: the encoder
   of policy 3.0, and the baseline the smaller encoder is measured against;
 - ``check``: ``SafetyClassifier.classify`` (normalise + encode + head + thresholds), no context;
-- ``check+ctx``: the same with three earlier user turns (two texts encoded: newest, window);
+- ``check+ctx``: the same with three earlier user turns (newest and window encoded; the turns
+  before the newest too, in a second call, when the window scores above the newest alone);
 - ``st.encode``: ``SentenceTransformer.encode`` for reference.
 
 Texts are hand-written user messages of at most ``max_tokens`` tokens. Prints median and p95
