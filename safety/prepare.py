@@ -119,10 +119,16 @@ def handwritten(seed_dir: Path, seed: int) -> dict[str, list[dict[str, Any]]]:
     return out
 
 
+def conversation_splits(convs: list[dict[str, Any]], seed: int) -> dict[str, list[Any]]:
+    """60 / 20 / 20 per kind and per batch a conversation was written in (``set``; the first
+    batch has none), so adding a batch leaves the splits of the earlier ones as they were."""
+    return split_items(convs, seed, key=lambda c: c["kind"] + c.get("set", ""))
+
+
 def conversations(seed_dir: Path, seed: int) -> dict[str, list[dict[str, Any]]]:
     convs = read_jsonl(seed_dir / "conversations.jsonl")
     out: dict[str, list[dict[str, Any]]] = {}
-    for split, part in split_items(convs, seed, key=lambda c: c["kind"]).items():
+    for split, part in conversation_splits(convs, seed).items():
         rows = []
         for c in part:
             turns = c["turns"]

@@ -120,11 +120,11 @@ def _held_out_conversations() -> list[dict]:
     """The test part of conversations.jsonl, split exactly as safety/prepare.py does."""
     sys.path.insert(0, str(SEED_DIR.parent))
     try:
-        from prepare import split_items
+        from prepare import conversation_splits
     finally:
         sys.path.pop(0)
     convs = [json.loads(line) for line in (SEED_DIR / "conversations.jsonl").open()]
-    return split_items(convs, 13, key=lambda c: c["kind"])["test"]
+    return conversation_splits(convs, 13)["test"]
 
 
 def test_held_out_conversations_both_ways(clf):
