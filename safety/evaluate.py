@@ -365,7 +365,7 @@ def targets(
             pooled(rows, "user", ("conversations",), "crisis", policy, args, subtype="escalating"),
         ),
         (
-            "crisis FPR, held-out recovered conversations (final + middle turn)",
+            "crisis FPR, held-out benign conversations (recovered: last + middle turn, dark topic)",
             "<=",
             0.05,
             "fpr",

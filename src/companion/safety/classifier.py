@@ -210,7 +210,7 @@ class SafetyClassifier:
             rises = (full > scores[ctx]).any(axis=1)
             if not rises.any():
                 continue
-            ctx, full = [i for i, r in zip(ctx, rises, strict=True) if r], full[rises]
+            ctx, full = [ctx[k] for k in np.flatnonzero(rises)], full[rises]
             windows = [texts[slots[i][1]] for i in ctx]
             prev_texts = [
                 w[: len(w) - len(texts[slots[i][0]]) - 1] for i, w in zip(ctx, windows, strict=True)
