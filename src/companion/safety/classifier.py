@@ -211,10 +211,8 @@ class SafetyClassifier:
             if not rises.any():
                 continue
             ctx, full = [ctx[k] for k in np.flatnonzero(rises)], full[rises]
-            windows = [texts[slots[i][1]] for i in ctx]
-            prev_texts = [
-                w[: len(w) - len(texts[slots[i][0]]) - 1] for i, w in zip(ctx, windows, strict=True)
-            ]
+            # the window without its last line (the newest message): the turns before it
+            prev_texts = [texts[slots[i][1]][: -len(texts[slots[i][0]]) - 1] for i in ctx]
             prev = self._score(
                 self.encoder.encode(prev_texts), prev_texts, list(range(len(ctx))), None, role
             )
