@@ -13,6 +13,11 @@ context), sources in ``--exclude`` left out. Public sources are sampled to at mo
 ``--max_per_group`` rows per (source, role, label) each epoch; hand-written rows are all used.
 Texts are normalised exactly as at run time. The validation split only reports AUPRC per epoch.
 
+``--supcon W`` adds W times a supervised contrastive loss (Khosla et al., 2020) over each batch's
+embeddings: rows of the same (role, label) are pulled together, all others pushed apart, at
+temperature ``--supcon_temp``. This is closer to SetFit's own contrastive body step; off by
+default (see the classifier card for what it measured).
+
 ``--layers N`` trains on the encoder's first N layers only (a faster encoder; ``train.py`` reads
 the number from ``encoder_report.json`` and the policy records it).
 
@@ -60,10 +65,14 @@ class Args:
     layers: int = field(
         default=0, metadata={"help": "train on the encoder's first N layers only (0: all)"}
     )
+    supcon: float = field(default=0.0, metadata={"help": "weight of the contrastive loss"})
+    supcon_temp: float = field(default=0.1, metadata={"help": "its temperature"})
 
     def __post_init__(self) -> None:
         if self.layers < 0:
             raise ValueError("need layers >= 0 (0: all)")
+        if self.supcon < 0 or self.supcon_temp <= 0:
+            raise ValueError("need supcon >= 0 and supcon_temp > 0")
         if self.epochs < 1 or self.batch_size < 1 or self.max_length < 8:
             raise ValueError("need epochs >= 1, batch_size >= 1 and max_length >= 8")
 
@@ -93,6 +102,32 @@ def batches(rows: list[dict[str, Any]], size: int, rng: random.Random) -> list[l
     out = [order[i : i + size] for i in range(0, len(order), size)]
     rng.shuffle(out)
     return out
+
+
+def class_ids(rows: list[dict[str, Any]]) -> np.ndarray:
+    """The classes of the contrastive loss: one integer per (role, label) of each row."""
+    names = [(role, label) for role in ("user", "assistant") for label in (*LABELS, "none")]
+    return np.array([names.index((r["role"], r["label"])) for r in rows], dtype=np.int64)
+
+
+def supcon_loss(emb: Any, classes: Any, temperature: float) -> Any:
+    """Supervised contrastive loss of unit-norm ``emb`` (Khosla et al., 2020): for each row with
+    another row of its class in the batch, minus the mean log-probability of those rows among
+    all other rows, with similarities ``cos / temperature``. Zero when no row has a partner."""
+    import torch
+
+    n = emb.shape[0]
+    logits = emb @ emb.T / temperature
+    self_mask = torch.eye(n, dtype=torch.bool)
+    logits = logits.masked_fill(self_mask, float("-inf"))
+    log_prob = logits - torch.logsumexp(logits, dim=1, keepdim=True)
+    same = (classes[:, None] == classes[None, :]) & ~self_mask
+    count = same.sum(1)
+    anchors = count > 0
+    if not bool(anchors.any()):
+        return emb.sum() * 0.0
+    pos = log_prob.masked_fill(~same, 0.0).sum(1)
+    return -(pos[anchors] / count[anchors]).mean()
 
 
 def targets_and_mask(rows: list[dict[str, Any]]) -> tuple[np.ndarray, np.ndarray]:
@@ -135,6 +170,8 @@ class Tuner:
             weight_decay=0.01,
         )
         self.pos_weight = torch.tensor(pos_weight, dtype=torch.float32)
+        self.supcon = args.supcon
+        self.supcon_temp = args.supcon_temp
         self.max_length = args.max_length
         self.trainable = sum(p.numel() for p in params)
         self.last_tokens = 0
@@ -151,18 +188,31 @@ class Tuner:
         pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
         return torch.nn.functional.normalize(pooled, p=2, dim=1)
 
-    def step(self, texts: list[str], y: np.ndarray, m: np.ndarray, w: np.ndarray) -> float:
-        """One optimiser step; returns the loss. ``self.last_tokens``: real tokens in it."""
+    def step(
+        self,
+        texts: list[str],
+        y: np.ndarray,
+        m: np.ndarray,
+        w: np.ndarray,
+        classes: np.ndarray | None = None,
+    ) -> float:
+        """One optimiser step; returns the loss. ``self.last_tokens``: real tokens in it.
+        ``classes`` (one id per row) feed the contrastive loss when ``--supcon`` is set."""
         import torch
 
         self.model.train()
-        logits = self.head(self.embed(texts) * self.scale)
+        emb = self.embed(texts)
+        logits = self.head(emb * self.scale)
         loss = torch.nn.functional.binary_cross_entropy_with_logits(
             logits, torch.from_numpy(y), pos_weight=self.pos_weight, reduction="none"
         )
         loss = (loss * torch.from_numpy(m) * torch.from_numpy(w)[:, None]).sum() / max(
             float(m.sum()), 1.0
         )
+        if self.supcon and classes is not None:
+            loss = loss + self.supcon * supcon_loss(
+                emb, torch.from_numpy(classes), self.supcon_temp
+            )
         self.opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_([p for g in self.opt.param_groups for p in g["params"]], 1.0)
@@ -233,6 +283,8 @@ def main(args: Args) -> None:
         print(f"  {role:9s} {label:8s} positives {int(pos[j]):5d}  pos_weight {pos_weight[j]:.2f}")
 
     tuner = Tuner(args, pos_weight)
+    if args.supcon:
+        print(f"  contrastive loss weight {args.supcon}, temperature {args.supcon_temp}")
     if args.layers:
         print(f"  encoder cut to its first {args.layers} layers")
     print(f"  LoRA r={args.lora_r} on query/key/value/dense: {tuner.trainable:,} trainable")
@@ -249,7 +301,7 @@ def main(args: Args) -> None:
             texts = [normalize(r["text"]) for r in part]
             y, m = targets_and_mask(part)
             w = np.array([r["weight"] for r in part], dtype=np.float32)
-            losses.append(tuner.step(texts, y, m, w))
+            losses.append(tuner.step(texts, y, m, w, class_ids(part)))
             tokens += tuner.last_tokens
             step += 1
             if step % 25 == 0:
@@ -280,6 +332,7 @@ def main(args: Args) -> None:
         "tokens_per_s": round(tokens / max(seconds, 1e-9), 1),
         "lora": {"r": args.lora_r, "alpha": args.lora_alpha, "targets": "query,key,value,dense"},
         "lr": args.lr,
+        "supcon": {"weight": args.supcon, "temperature": args.supcon_temp},
         "batch_size": args.batch_size,
         "max_length": args.max_length,
         "max_per_group": args.max_per_group,

@@ -37,11 +37,12 @@ def test_prepare_finetune_train_calibrate_evaluate_on_a_tiny_subset(tmp_path):
     assert "train hash" in out
     out = _run(
         "finetune_encoder.py", "--run_dir", run, "--max_steps", "3", "--batch_size", "8",
-        "--layers", "3",
+        "--layers", "3", "--supcon", "0.5",
     )  # fmt: skip
     assert "val AUPRC" in out and "first 3 layers" in out
     report = json.loads((tmp_path / "run" / "encoder_report.json").read_text())
     assert report["steps"] == 3 and report["tokens"] > 0 and report["layers"] == 3
+    assert report["supcon"] == {"weight": 0.5, "temperature": 0.1}
     out = _run("train.py", "--run_dir", run, "--c_grid", "1", "--quantization", "int8-dynamic")
     assert "fine-tuned adapter: " + str(tmp_path / "run" / "encoder_adapter") in out
     assert "encoder layers: 3; quantization: int8-dynamic" in out
