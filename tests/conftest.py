@@ -1,5 +1,10 @@
 from __future__ import annotations
 
+import importlib
+import sys
+from pathlib import Path
+from types import ModuleType
+
 import pytest
 
 from companion import Pipeline, PipelineConfig, ResourceCatalogue
@@ -29,3 +34,16 @@ def make_pipeline(catalogue: ResourceCatalogue):
         )
 
     return make
+
+
+SAFETY_SCRIPTS = Path(__file__).resolve().parents[1] / "safety"
+
+
+def safety_script(name: str) -> ModuleType:
+    """Import one of the ``safety/`` scripts (``prepare``, ``finetune_encoder``...) as a module;
+    they import ``_common`` from their own folder."""
+    sys.path.insert(0, str(SAFETY_SCRIPTS))
+    try:
+        return importlib.import_module(name)
+    finally:
+        sys.path.pop(0)

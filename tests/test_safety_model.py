@@ -15,6 +15,8 @@ import pytest
 from companion.safety import ClassifyItem, SafetyClassifier
 from companion.types import Category, Role
 
+from .conftest import safety_script
+
 pytestmark = pytest.mark.slow
 
 SEED_DIR = Path(__file__).resolve().parents[1] / "safety" / "data"
@@ -109,11 +111,7 @@ def test_an_old_crisis_turn_does_not_retrigger_on_benign_turns(clf):
 
 def _held_out_conversations() -> list[dict]:
     """The test part of conversations.jsonl, split exactly as safety/prepare.py does."""
-    sys.path.insert(0, str(SEED_DIR.parent))
-    try:
-        from prepare import conversation_splits
-    finally:
-        sys.path.pop(0)
+    conversation_splits = safety_script("prepare").conversation_splits
     convs = [json.loads(line) for line in (SEED_DIR / "conversations.jsonl").open()]
     return conversation_splits(convs, 13)["test"]
 

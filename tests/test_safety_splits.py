@@ -4,22 +4,14 @@ on the same held-out rows (safety/CLASSIFIER_CARD.md relies on this)."""
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 
-SAFETY = Path(__file__).resolve().parents[1] / "safety"
+from .conftest import safety_script
 
 
 @pytest.fixture(scope="module")
 def prepare():
-    sys.path.insert(0, str(SAFETY))
-    try:
-        import prepare as module
-    finally:
-        sys.path.pop(0)
-    return module
+    return safety_script("prepare")
 
 
 def _where(splits: dict[str, list[dict]]) -> dict[str, str]:

@@ -2,23 +2,16 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 
+from .conftest import safety_script
+
 torch = pytest.importorskip("torch")
-SAFETY = Path(__file__).resolve().parents[1] / "safety"
 
 
 @pytest.fixture(scope="module")
 def finetune():
-    sys.path.insert(0, str(SAFETY))
-    try:
-        import finetune_encoder as module
-    finally:
-        sys.path.pop(0)
-    return module
+    return safety_script("finetune_encoder")
 
 
 def _unit(rows):
