@@ -170,7 +170,7 @@ class Tuner:
             weight_decay=0.01,
         )
         self.pos_weight = torch.tensor(pos_weight, dtype=torch.float32)
-        self.supcon = args.supcon
+        self.supcon = args.supcon  # weight; main() passes classes only when it is set
         self.supcon_temp = args.supcon_temp
         self.max_length = args.max_length
         self.trainable = sum(p.numel() for p in params)
@@ -209,7 +209,7 @@ class Tuner:
         loss = (loss * torch.from_numpy(m) * torch.from_numpy(w)[:, None]).sum() / max(
             float(m.sum()), 1.0
         )
-        if self.supcon and classes is not None:
+        if classes is not None:
             loss = loss + self.supcon * supcon_loss(
                 emb, torch.from_numpy(classes), self.supcon_temp
             )
@@ -301,7 +301,8 @@ def main(args: Args) -> None:
             texts = [normalize(r["text"]) for r in part]
             y, m = targets_and_mask(part)
             w = np.array([r["weight"] for r in part], dtype=np.float32)
-            losses.append(tuner.step(texts, y, m, w, class_ids(part)))
+            classes = class_ids(part) if args.supcon else None
+            losses.append(tuner.step(texts, y, m, w, classes))
             tokens += tuner.last_tokens
             step += 1
             if step % 25 == 0:
