@@ -58,9 +58,29 @@ SOURCE_WEIGHT = {
     "diasafety": 0.5,
     "meqsum": 0.5,
     "counselchat": 0.5,
+    "annomi": 1.0,  # lexicon-filtered ordinary talk: clean "none" labels
     "cssrs": 0.3,
 }
 
+
+# Seed files; each is split 60/20/20 per subtype, so adding a file (or a subtype) leaves the
+# splits of the others as they were. ``everyday`` holds ordinary messages (plans, requests,
+# routines, mild feelings), reported as its own held-out source.
+SEED_FILES = (
+    "crisis",
+    "medical",
+    "hard_negatives",
+    "everyday",
+    "assistant_unsafe",
+    "assistant_safe",
+)
+# Words that make an AnnoMI client turn too close to our labels to call it "none" unread:
+# violence and death (danger to others, abuse), on top of the crisis and medication lexicons.
+ANNOMI_DROP_RE = re.compile(
+    r"\b(hit|hits|hitting|beat|beating|hurt|hurting|kill|killed|knife|gun|fight|fighting|"
+    r"abus\w*|die|died|dying|dead|death|rape|threat\w*|weapon|assault\w*)\b",
+    re.IGNORECASE,
+)
 
 MAX_CHARS = 600  # long public posts are cut to about 128 tokens: the signal is early, CPU is scarce
 
@@ -74,6 +94,7 @@ class Args:
     max_per_source: int = field(default=0, metadata={"help": "cap rows per source (0: none)"})
     cssrs_max_posts: int = field(default=3, metadata={"help": "posts kept per C-SSRS user"})
     dia_other_max: int = field(default=800, metadata={"help": "DiaSafety off-topic contexts"})
+    annomi_max: int = field(default=800, metadata={"help": "AnnoMI client turns (train)"})
 
     def __post_init__(self) -> None:
         if not Path(self.data_dir).is_dir():
@@ -109,7 +130,7 @@ def split_items(items: list[Any], seed: int, key: Any = None) -> dict[str, list[
 
 def handwritten(seed_dir: Path, seed: int) -> dict[str, list[dict[str, Any]]]:
     out: dict[str, list[dict[str, Any]]] = {"train": [], "val": [], "test": []}
-    for name in ("crisis", "medical", "hard_negatives", "assistant_unsafe", "assistant_safe"):
+    for name in SEED_FILES:
         rows = [
             row(r["text"], r["label"], r["role"], "handwritten", subtype=r["subtype"], file=name)
             for r in read_jsonl(seed_dir / f"{name}.jsonl")
@@ -363,6 +384,32 @@ def counselchat(data_dir: Path) -> dict[str, list[dict[str, Any]]]:
     return out
 
 
+def annomi(data_dir: Path, args: Args, rng: random.Random) -> dict[str, list[dict[str, Any]]]:
+    """Client turns of motivational-interviewing transcripts: ordinary spoken talk about
+    drinking, smoking, exercise, work and family, as user-side negatives. Split by transcript;
+    turns under 6 words or matching the crisis, medication or violence lexicons are dropped."""
+    with open(data_dir / "AnnoMI/AnnoMI-simple.csv", encoding="utf-8") as f:
+        records = [r for r in csv.DictReader(f) if r["interlocutor"] == "client"]
+    by_transcript: dict[str, list[str]] = defaultdict(list)
+    for r in records:
+        text = " ".join(r["utterance_text"].split()).strip(" -")
+        if len(text.split()) < 6:
+            continue
+        if CRISIS_RE.search(text) or MEDICAL_RE.search(text) or ANNOMI_DROP_RE.search(text):
+            continue
+        by_transcript[r["transcript_id"]].append(text)
+    out: dict[str, list[dict[str, Any]]] = {}
+    for split, ids in split_items(sorted(by_transcript), args.seed).items():
+        rows = [
+            row(t[:MAX_CHARS], "none", "user", "annomi", subtype="client", group=tid)
+            for tid in ids
+            for t in by_transcript[tid]
+        ]
+        rng.shuffle(rows)
+        out[split] = rows[: args.annomi_max if split == "train" else args.annomi_max // 2]
+    return out
+
+
 def main(args: Args) -> None:
     data_dir, seed_dir, out_dir = Path(args.data_dir), Path(args.seed_dir), Path(args.out_dir)
     if "eval-only" in data_dir.parts:
@@ -378,6 +425,7 @@ def main(args: Args) -> None:
         "cssrs": cssrs(data_dir, args),
         "meqsum": meqsum(data_dir, args.seed),
         "counselchat": counselchat(data_dir),
+        "annomi": annomi(data_dir, args, random.Random(f"{args.seed}-annomi")),
     }
     for name, parts in per_source.items():
         for split, rows in parts.items():

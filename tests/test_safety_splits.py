@@ -4,6 +4,9 @@ on the same held-out rows (safety/CLASSIFIER_CARD.md relies on this)."""
 
 from __future__ import annotations
 
+import random
+from pathlib import Path
+
 import pytest
 
 from .conftest import safety_script
@@ -36,3 +39,24 @@ def test_a_new_conversation_batch_leaves_earlier_conversations_in_their_split(pr
     # the same rows added to the old stratum instead would have reshuffled it
     mixed = _where(prepare.conversation_splits(old + [dict(b, set="") for b in batch], 13))
     assert {t: mixed[t] for t in before} != before
+
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+@pytest.mark.skipif(not (DATA / "AnnoMI").is_dir(), reason="shared data not at ../shared/data")
+def test_annomi_turns_split_by_transcript_and_risky_turns_left_out(prepare):
+    args = prepare.Args(data_dir=str(DATA), annomi_max=100_000)
+    parts = prepare.annomi(DATA, args, random.Random(0))
+    groups = {name: {r["group"] for r in rows} for name, rows in parts.items()}
+    assert all(groups.values())
+    assert not (groups["train"] & groups["val"] or groups["train"] & groups["test"])
+    assert not groups["val"] & groups["test"]
+    rows = [r for rows in parts.values() for r in rows]
+    assert {(r["label"], r["role"], r["source"]) for r in rows} == {("none", "user", "annomi")}
+    for r in rows:
+        assert len(r["text"].split()) >= 6
+        for lexicon in (prepare.CRISIS_RE, prepare.MEDICAL_RE, prepare.ANNOMI_DROP_RE):
+            assert not lexicon.search(r["text"]), r["text"]
+    capped = prepare.annomi(DATA, prepare.Args(data_dir=str(DATA), annomi_max=10), random.Random(0))
+    assert [len(capped[s]) for s in ("train", "val", "test")] == [10, 5, 5]
