@@ -16,6 +16,7 @@ from structlog.testing import capture_logs
 
 from companion import Action, Category, Role
 from companion.client import TextDelta, TurnDone
+from companion.safety import SafetyClassifier
 from companion.testing import run_test_server, test_settings
 
 pytestmark = pytest.mark.slow
@@ -73,8 +74,13 @@ def test_crisis_message_over_grpc_gets_the_resource_reply(server):
 
 
 def test_cancelled_stream_stores_no_half_turn(server):
+    # A redirect is stored whole (no stream to cut), so this needs a message the guard answers.
+    # Policy 3.3 redirects "Tell me a long story about the sea." (crisis 0.0019): a known false
+    # positive, in safety/CLASSIFIER_CARD.md.
+    text = "Tell me a long story about a lighthouse keeper."
+    assert SafetyClassifier.from_defaults().classify(text).category is Category.NONE
     sid = server.client.create_session()
-    for _event in server.client.stream(sid, "Tell me a long story about the sea."):
+    for _event in server.client.stream(sid, text):
         break
     time.sleep(1.0)  # the generation thread notices within one token
     assert server.client.history(sid) == []
