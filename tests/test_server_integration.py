@@ -16,7 +16,6 @@ from structlog.testing import capture_logs
 
 from companion import Action, Category, Role
 from companion.client import TextDelta, TurnDone
-from companion.safety import SafetyClassifier
 from companion.testing import run_test_server, test_settings
 
 pytestmark = pytest.mark.slow
@@ -78,7 +77,8 @@ def test_cancelled_stream_stores_no_half_turn(server):
     # Policy 3.3 redirects "Tell me a long story about the sea." (crisis 0.0019): a known false
     # positive, in safety/CLASSIFIER_CARD.md.
     text = "Tell me a long story about a lighthouse keeper."
-    assert SafetyClassifier.from_defaults().classify(text).category is Category.NONE
+    probe = server.client.create_session()  # the server's own guard, no second model load
+    assert server.client.send(probe, text).action is Action.ANSWERED
     sid = server.client.create_session()
     for _event in server.client.stream(sid, text):
         break
