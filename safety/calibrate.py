@@ -66,7 +66,7 @@ class Args:
     )
     assistant_crisis_recall: float = field(default=0.90, metadata={"help": "replies, crisis"})
     install: bool = field(default=False, metadata={"help": "copy the artifact into the package"})
-    version: str = field(default="3.3", metadata={"help": "policy version prefix"})
+    version: str = field(default="3.4", metadata={"help": "policy version prefix"})
 
     def __post_init__(self) -> None:
         for name in (
