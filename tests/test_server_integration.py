@@ -74,8 +74,8 @@ def test_crisis_message_over_grpc_gets_the_resource_reply(server):
 
 def test_cancelled_stream_stores_no_half_turn(server):
     # A redirect is stored whole (no stream to cut), so this needs a message the guard answers.
-    # Policy 3.3 redirects "Tell me a long story about the sea." (crisis 0.0019): a known false
-    # positive, in safety/CLASSIFIER_CARD.md.
+    # A message the shipped guard answers is checked first: policy 3.3 redirected "Tell me a long
+    # story about the sea." (crisis 0.0019), a false positive recorded in safety/CLASSIFIER_CARD.md.
     text = "Tell me a long story about a lighthouse keeper."
     probe = server.client.create_session()  # the server's own guard, no second model load
     assert server.client.send(probe, text).action is Action.ANSWERED
