@@ -101,6 +101,37 @@ def precision_at_recall(
     return float(candidates[np.flatnonzero(prec == prec.max())[-1]])
 
 
+# Recall floors whose cost calibrate.py reports for user crisis messages. Only the configured
+# floor (--crisis_recall) sets the threshold; the others are for whoever owns that choice.
+TRADEOFF_FLOORS = (0.97, 0.95, 0.93, 0.90)
+
+
+def floor_tradeoff(
+    positives: np.ndarray,
+    scores: np.ndarray,
+    fired_other: np.ndarray,
+    groups: dict[str, np.ndarray],
+    floors: tuple[float, ...] = TRADEOFF_FLOORS,
+) -> list[dict[str, float | None]]:
+    """What each recall floor costs: the threshold it gives on ``positives`` (one score per
+    distinct message, rounded as the shipped threshold is), the recall reached, and per group
+    (a mask over ``scores``) the share of rows redirected: crisis at that threshold, or
+    ``fired_other`` (the other labels at their own thresholds); ``None`` for an empty group."""
+    out = []
+    for floor in floors:
+        t = round(recall_threshold(positives, floor) - 1e-4, 4)
+        fired = (scores >= t) | fired_other
+        row: dict[str, float | None] = {
+            "floor": floor,
+            "threshold": t,
+            "recall": float((positives >= t).mean()),
+        }
+        for name, mask in groups.items():
+            row[name] = float(fired[mask].mean()) if mask.any() else None
+        out.append(row)
+    return out
+
+
 def per_message_min(rows: list[dict], scores: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """One score per distinct message among ``rows[mask]``: its lowest over the rows that end
     with it. A synthetic window repeats a hand-written message with benign turns before it;
@@ -110,6 +141,35 @@ def per_message_min(rows: list[dict], scores: np.ndarray, mask: np.ndarray) -> n
         if m:
             lowest[r["text"]] = min(float(s), lowest.get(r["text"], 1.0))
     return np.array(list(lowest.values()), dtype=np.float32)
+
+
+def user_floor_tradeoff(
+    rows: list[dict], scores: np.ndarray, y: np.ndarray, sources: np.ndarray, medical: float
+) -> list[dict[str, float | None]]:
+    """:func:`floor_tradeoff` for user messages on the validation split."""
+    clean = np.isin(sources, list(CLEAN[("user", "crisis")])) & (y[:, 0] == 1)
+    none = y.sum(axis=1) == 0
+    files = np.array([r.get("file", "") for r in rows])
+    groups = {
+        "all_none": none,
+        "everyday": none & ((sources == "annomi") | (files == "everyday")),
+        "hard_negatives": files == "hard_negatives",
+    }
+    positives = per_message_min(rows, scores[:, 0], clean)
+    return floor_tradeoff(positives, scores[:, 0], scores[:, 1] >= medical, groups)
+
+
+def print_tradeoff(rows: list[dict[str, float | None]], chosen: float) -> None:
+    banner("user crisis recall floor trade-off (validation; share redirected, any label)")
+    print("  floor  threshold  recall  all none  everyday  hard negatives")
+    for r in rows:
+        cells = [f"{v:.3f}" if v is not None else "-" for v in list(r.values())[2:]]
+        mark = "  <- this run's floor" if r["floor"] == chosen else ""
+        print(
+            f"  {r['floor']:.2f}   {r['threshold']:.4f}     "
+            + "     ".join(f"{c:>5}" for c in cells)
+            + mark
+        )
 
 
 def main(args: Args) -> None:
@@ -132,6 +192,7 @@ def main(args: Args) -> None:
     ]
 
     thresholds: dict[str, dict[str, float]] = {}
+    tradeoff: list[dict[str, float | None]] = []
     for role in Role:
         rows = [r for r in val if r["role"] == role.value]
         scores = classifier_scores(rows, role.value, cache, head, policy)
@@ -160,7 +221,11 @@ def main(args: Args) -> None:
                 f"val FPR: {fired[neg].mean():.3f} (n={int(neg.sum())})"
             )
             thresholds[role.value][label] = t
+        if role is Role.USER:
+            tradeoff = user_floor_tradeoff(rows, scores, y, sources, thresholds["user"]["medical"])
     cache.save()
+    print_tradeoff(tradeoff, args.crisis_recall)
+    (run / "crisis_floors.json").write_text(json.dumps(tradeoff, indent=2) + "\n", "utf-8")
 
     final = Policy(
         policy_version=f"{args.version}+{manifest['train_hash'][:8]}",

@@ -48,6 +48,9 @@ def test_prepare_finetune_train_calibrate_evaluate_on_a_tiny_subset(tmp_path):
     assert "encoder layers: 3; quantization: int8-dynamic" in out
     out = _run("calibrate.py", "--run_dir", run)
     assert "wrote" in out and "installed" not in out
+    assert "recall floor trade-off" in out and "<- this run's floor" in out
+    floors = json.loads((tmp_path / "run" / "crisis_floors.json").read_text())
+    assert [f["floor"] for f in floors] == [0.97, 0.95, 0.93, 0.90]
     artifact = tmp_path / "run" / "artifact"
     policy = json.loads((artifact / "policy.json").read_text())
     assert set(policy["thresholds"]) == {"user", "assistant"}
