@@ -163,7 +163,8 @@ def print_tradeoff(rows: list[dict[str, float | None]], chosen: float) -> None:
     banner("user crisis recall floor trade-off (validation; share redirected, any label)")
     print("  floor  threshold  recall  all none  everyday  hard negatives")
     for r in rows:
-        cells = [f"{v:.3f}" if v is not None else "-" for v in list(r.values())[2:]]
+        values = (r[k] for k in ("recall", "all_none", "everyday", "hard_negatives"))
+        cells = [f"{v:.3f}" if v is not None else "-" for v in values]
         mark = "  <- this run's floor" if r["floor"] == chosen else ""
         print(
             f"  {r['floor']:.2f}   {r['threshold']:.4f}     "

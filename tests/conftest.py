@@ -37,6 +37,7 @@ def make_pipeline(catalogue: ResourceCatalogue):
 
 
 SAFETY_SCRIPTS = Path(__file__).resolve().parents[1] / "safety"
+SHARED_DATA = SAFETY_SCRIPTS.parents[1] / "shared" / "data"  # public data, read-only, not in git
 
 
 def safety_script(name: str) -> ModuleType:

@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from .conftest import SHARED_DATA as DATA
+
 REPO = Path(__file__).resolve().parents[1]
-DATA = REPO.parent / "shared" / "data"
 
 pytestmark = pytest.mark.skipif(
     not (DATA / "DiaSafety").is_dir(), reason="shared public data not present at ../shared/data"

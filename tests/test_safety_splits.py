@@ -5,10 +5,10 @@ on the same held-out rows (safety/CLASSIFIER_CARD.md relies on this)."""
 from __future__ import annotations
 
 import random
-from pathlib import Path
 
 import pytest
 
+from .conftest import SHARED_DATA as DATA
 from .conftest import safety_script
 
 
@@ -39,9 +39,6 @@ def test_a_new_conversation_batch_leaves_earlier_conversations_in_their_split(pr
     # the same rows added to the old stratum instead would have reshuffled it
     mixed = _where(prepare.conversation_splits(old + [dict(b, set="") for b in batch], 13))
     assert {t: mixed[t] for t in before} != before
-
-
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
 @pytest.mark.skipif(not (DATA / "AnnoMI").is_dir(), reason="shared data not at ../shared/data")
