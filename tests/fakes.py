@@ -6,13 +6,18 @@ from collections.abc import Callable, Iterator, Sequence
 
 from companion.config import GenerationConfig
 from companion.protocols import ChatMessage, ShouldStop
-from companion.types import Category, Direction, Role, Verdict
+from companion.types import Category, Decision, Direction, Role, Verdict
 
-THRESHOLDS = {"crisis": 0.5, "medical": 0.5}
+THRESHOLDS = {"crisis": 0.5, "medical": 0.5, "risk": 0.5}
 
 
 class FakeGuard:
-    """Flags texts that contain a trigger word; records every call."""
+    """Flags texts that contain a trigger word; records every call.
+
+    ``CRISIS`` and ``MEDICAL`` redirect; ``RISK<n>`` (e.g. ``RISK6``) checks in with risk score
+    0.n, and a plain ``RISK`` with 0.6. The ``last_assistant`` of each call is in
+    :attr:`answers`.
+    """
 
     policy_version = "fake-1"
 
@@ -20,23 +25,34 @@ class FakeGuard:
         self.triggers = triggers or {"CRISIS": Category.CRISIS, "MEDICAL": Category.MEDICAL}
         self.raise_on = raise_on
         self.calls: list[tuple[str, Role, tuple[str, ...]]] = []
+        self.answers: list[str] = []
 
     def classify(
-        self, text: str, role: Role | str = Role.USER, context: Sequence[str] = ()
+        self,
+        text: str,
+        role: Role | str = Role.USER,
+        context: Sequence[str] = (),
+        last_assistant: str = "",
     ) -> Verdict:
         role = Role(role)
         self.calls.append((text, role, tuple(context)))
+        self.answers.append(last_assistant)
         if self.raise_on is role:
             raise RuntimeError("guard backend down")
-        scores = {"crisis": 0.0, "medical": 0.0}
-        category = Category.NONE
+        scores = {"crisis": 0.0, "medical": 0.0, "risk": 0.0}
+        category, decision = Category.NONE, Decision.NONE
         for word, cat in self.triggers.items():
             if word in text:
                 scores[cat.value] = 0.99
                 if category is Category.NONE or cat is Category.CRISIS:
-                    category = cat
+                    category, decision = cat, Decision.REDIRECT
+        at = text.find("RISK")
+        if at >= 0 and category is Category.NONE:
+            digit = text[at + 4 : at + 5]
+            scores["risk"] = int(digit) / 10 if digit.isdigit() else 0.6
+            category, decision = Category.CRISIS, Decision.CHECK_IN
         direction = Direction.INPUT if role is Role.USER else Direction.OUTPUT
-        return Verdict(category, scores, THRESHOLDS, self.policy_version, direction)
+        return Verdict(category, scores, THRESHOLDS, self.policy_version, direction, None, decision)
 
 
 class FakeGenerator:

@@ -378,5 +378,8 @@ def test_metrics_endpoint_counts_rpcs_turns_and_guard_decisions(served):
     body = urllib.request.urlopen(url, timeout=5).read().decode()
     assert 'companion_rpc_duration_seconds_count{code="OK",method="SendMessage"}' in body
     assert 'companion_turns_total{action="answered",category="none"}' in body
-    assert 'companion_guard_decisions_total{category="none",direction="output"}' in body
+    assert (
+        'companion_guard_decisions_total{category="none",decision="none",direction="output"}'
+        in body
+    )
     assert 'companion_rpc_errors_total{code="INVALID_ARGUMENT",method="SendMessage"}' in body

@@ -9,7 +9,7 @@ from __future__ import annotations
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from ._proto.companion.v1 import companion_pb2 as pb
-from .types import Action, Category, Direction, Reply, Resource, Role, Turn, Verdict
+from .types import Action, Category, Decision, Direction, Reply, Resource, Role, Turn, Verdict
 
 __all__ = [
     "category_from_pb",
@@ -25,13 +25,23 @@ _CATEGORY = {
     Category.CRISIS: pb.CATEGORY_CRISIS,
     Category.MEDICAL: pb.CATEGORY_MEDICAL,
 }
-_ACTION = {Action.ANSWERED: pb.ACTION_ANSWERED, Action.REDIRECTED: pb.ACTION_REDIRECTED}
+_ACTION = {
+    Action.ANSWERED: pb.ACTION_ANSWERED,
+    Action.CHECKED_IN: pb.ACTION_CHECKED_IN,
+    Action.REDIRECTED: pb.ACTION_REDIRECTED,
+}
+_DECISION = {
+    Decision.NONE: pb.DECISION_NONE,
+    Decision.CHECK_IN: pb.DECISION_CHECK_IN,
+    Decision.REDIRECT: pb.DECISION_REDIRECT,
+}
 _DIRECTION = {Direction.INPUT: pb.DIRECTION_INPUT, Direction.OUTPUT: pb.DIRECTION_OUTPUT}
 _ROLE = {Role.USER: pb.ROLE_USER, Role.ASSISTANT: pb.ROLE_ASSISTANT}
 
 
 _CATEGORY_IN: dict[int, Category] = {v: k for k, v in _CATEGORY.items()}
 _ACTION_IN: dict[int, Action] = {v: k for k, v in _ACTION.items()}
+_DECISION_IN: dict[int, Decision] = {v: k for k, v in _DECISION.items()}
 _DIRECTION_IN: dict[int, Direction] = {v: k for k, v in _DIRECTION.items()}
 _ROLE_IN: dict[int, Role] = {v: k for k, v in _ROLE.items()}
 
@@ -55,18 +65,23 @@ def verdict_to_pb(v: Verdict) -> pb.Verdict:
         policy_version=v.policy_version,
         direction=_DIRECTION[v.direction],
         check_failed=v.error is not None,
+        decision=_DECISION[v.decision],
     )
 
 
 def verdict_from_pb(m: pb.Verdict) -> Verdict:
     """A verdict message as a domain verdict."""
+    category = Category(_CATEGORY_IN.get(m.category, Category.NONE))
+    # an older server sends no decision: its verdicts that fired were redirects
+    decision = _DECISION_IN.get(m.decision, Decision.NONE)
     return Verdict(
-        category=Category(_CATEGORY_IN.get(m.category, Category.NONE)),
+        category=category,
         scores=dict(m.scores),
         thresholds=dict(m.thresholds),
         policy_version=m.policy_version,
         direction=Direction(_DIRECTION_IN.get(m.direction, Direction.INPUT)),
         error="check_failed" if m.check_failed else None,
+        decision=Decision.NONE if category is Category.NONE else decision,
     )
 
 

@@ -24,6 +24,7 @@ def _quiet_libraries() -> None:
 def _verdict_json(v: Verdict) -> dict[str, Any]:
     return {
         "category": v.category.value,
+        "action": v.decision.value,
         "scores": dict(v.scores),
         "thresholds": dict(v.thresholds),
         "policy_version": v.policy_version,
@@ -39,7 +40,12 @@ def _cmd_classify(args: argparse.Namespace) -> int:
         with open(args.input, encoding="utf-8") as f:
             rows = [json.loads(line) for line in f if line.strip()]
         items = [
-            ClassifyItem(r["text"], Role(r.get("role", "user")), tuple(r.get("context", ())))
+            ClassifyItem(
+                r["text"],
+                Role(r.get("role", "user")),
+                tuple(r.get("context", ())),
+                r.get("last_assistant", "") or "",
+            )
             for r in rows
         ]
         lines = [
@@ -55,7 +61,7 @@ def _cmd_classify(args: argparse.Namespace) -> int:
     if args.text is None:
         print("companion classify: give TEXT or --input FILE", file=sys.stderr)
         return 2
-    verdict = clf.classify(args.text, args.role, args.context or ())
+    verdict = clf.classify(args.text, args.role, args.context or (), args.last_assistant or "")
     print(json.dumps(_verdict_json(verdict)))
     return 0
 
@@ -77,7 +83,10 @@ def _chat_loop(send: Callable[[str], Reply]) -> None:
         if not text.strip():
             continue
         reply = send(text)
-        tag = f" [redirected: {reply.category.value}]" if reply.action is Action.REDIRECTED else ""
+        tag = {
+            Action.REDIRECTED: f" [redirected: {reply.category.value}]",
+            Action.CHECKED_IN: " [check-in]",
+        }.get(reply.action, "")
         print(f"companion{tag}> {reply.text}\n", flush=True)
 
 
@@ -235,7 +244,13 @@ def build_parser() -> argparse.ArgumentParser:
     cls.add_argument("text", nargs="?", help="text to classify")
     cls.add_argument("--role", default="user", choices=["user", "assistant"])
     cls.add_argument("--context", nargs="*", help="earlier user turns, oldest first")
-    cls.add_argument("--input", help="JSONL file: one {text, role?, context?} per line")
+    cls.add_argument(
+        "--last-assistant",
+        help="the companion's previous message when it was the check-in question (TEXT answers it)",
+    )
+    cls.add_argument(
+        "--input", help="JSONL file: one {text, role?, context?, last_assistant?} per line"
+    )
     cls.add_argument("--output", help="JSONL output file (default: stdout)")
     cls.add_argument(
         "--encoder", default=None, help="sentence-transformers path (default: embedded)"

@@ -59,12 +59,16 @@ class PipelineConfig:
         max_message_chars: Longer user messages are rejected with ``InvalidArgument``.
         context_tokens: Token budget for prompt plus reply; ``None`` uses the model's window.
         guard_context_turns: How many earlier user turns the input guard sees with the newest.
+        check_in_quiet_turns: After a check-in answered with a clear no, this many further
+            turns get no new check-in unless the risk score rises above the one that asked
+            (a redirect is never held back).
         generation: Decoding settings.
     """
 
     max_message_chars: int = 4000
     context_tokens: int | None = None
     guard_context_turns: int = 3
+    check_in_quiet_turns: int = 3
     generation: GenerationConfig = field(default_factory=GenerationConfig)
 
     def __post_init__(self) -> None:
@@ -80,6 +84,12 @@ class PipelineConfig:
             "guard_context_turns",
             self.guard_context_turns,
             "0..20",
+        )
+        _check(
+            0 <= self.check_in_quiet_turns <= 50,
+            "check_in_quiet_turns",
+            self.check_in_quiet_turns,
+            "0..50",
         )
 
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import structlog
 
+from ._triage import apply_triage, model_history, triage_state
 from .config import PipelineConfig
 from .context import build_messages
 from .errors import Cancelled, InvalidArgument, SessionNotFound, Unavailable
@@ -20,7 +21,18 @@ from .prompts import SYSTEM_PROMPT
 from .protocols import Generator, SafetyGuard, SessionStore, ShouldStop
 from .resources import ResourceCatalogue
 from .sessions import is_valid_session_id
-from .types import Action, Category, Direction, Reply, Role, SessionInfo, Turn, Verdict
+from .types import (
+    Action,
+    Category,
+    Decision,
+    Direction,
+    Reply,
+    Resource,
+    Role,
+    SessionInfo,
+    Turn,
+    Verdict,
+)
 
 __all__ = ["Pipeline", "StreamEvent", "TextDelta", "TurnDone"]
 
@@ -124,24 +136,27 @@ class Pipeline:
         history = self.store.history(session_id)
         n = self.config.guard_context_turns
         user_context = [t.text for t in history if t.role is Role.USER][-n:] if n else []
+        state = triage_state(history, self.config.check_in_quiet_turns)
         timings: dict[str, float] = {}
 
         t0 = time.perf_counter()
-        verdict_in = self._check(text, Role.USER, user_context)
+        verdict_in = self._check(text, Role.USER, user_context, state.check_in)
+        verdict_in, held_back = apply_triage(verdict_in, state)
         timings["input_guard_ms"] = _ms(t0)
         verdict_out: Verdict | None = None
         streamed = False
         if verdict_in.fired:
-            reply_text, resources = self.catalogue.message(
-                verdict_in.category, info.locale, failed=verdict_in.error is not None
-            )
-            category, action = verdict_in.category, Action.REDIRECTED
+            reply_text, resources, category, action = self._fixed_reply(verdict_in, info.locale)
         else:
             budget = (
                 self.config.context_tokens or self.generator.context_window
             ) - self.config.generation.max_new_tokens
             messages = build_messages(
-                self.system_prompt, history, text, self.generator.count_tokens, budget
+                self.system_prompt,
+                model_history(history),
+                text,
+                self.generator.count_tokens,
+                budget,
             )
             t0 = time.perf_counter()
             parts: list[str] = []
@@ -163,10 +178,9 @@ class Pipeline:
             verdict_out = self._check(generated, Role.ASSISTANT, [])
             timings["output_guard_ms"] = _ms(t0)
             if verdict_out.fired:
-                reply_text, resources = self.catalogue.message(
-                    verdict_out.category, info.locale, failed=verdict_out.error is not None
+                reply_text, resources, category, action = self._fixed_reply(
+                    verdict_out, info.locale
                 )
-                category, action = verdict_out.category, Action.REDIRECTED
             else:
                 reply_text, resources = generated or self.catalogue.empty_reply(info.locale), ()
                 category, action = Category.NONE, Action.ANSWERED
@@ -201,6 +215,8 @@ class Pipeline:
             input_scores=dict(verdict_in.scores),
             output_scores=dict(verdict_out.scores) if verdict_out else None,
             guard_error=verdict_in.error or (verdict_out.error if verdict_out else None),
+            answering_check_in=bool(state.check_in),
+            check_in_held_back=held_back,
             policy_version=decided.policy_version,
             message_chars=len(text),
             reply_chars=len(reply_text),
@@ -208,7 +224,7 @@ class Pipeline:
             total_ms=_ms(started),
             **timings,
         )
-        yield TurnDone(reply, replaced=streamed and action is Action.REDIRECTED)
+        yield TurnDone(reply, replaced=streamed and action is not Action.ANSWERED)
 
     def _validate(self, text: object) -> None:
         if not isinstance(text, str):
@@ -220,10 +236,25 @@ class Pipeline:
                 f"text has {len(text)} characters; the limit is {self.config.max_message_chars}"
             )
 
-    def _check(self, text: str, role: Role, context: list[str]) -> Verdict:
+    def _fixed_reply(
+        self, verdict: Verdict, locale: str
+    ) -> tuple[str, tuple[Resource, ...], Category, Action]:
+        """The fixed template for a verdict that fired: the check-in question, or the
+        resource message (the fallback wording when the check itself failed)."""
+        if verdict.decision is Decision.CHECK_IN:
+            text, listed = self.catalogue.check_in(locale)
+            return text, listed, Category.CRISIS, Action.CHECKED_IN
+        text, listed = self.catalogue.message(
+            verdict.category, locale, failed=verdict.error is not None
+        )
+        return text, tuple(listed), verdict.category, Action.REDIRECTED
+
+    def _check(
+        self, text: str, role: Role, context: list[str], last_assistant: str = ""
+    ) -> Verdict:
         direction = Direction.INPUT if role is Role.USER else Direction.OUTPUT
         try:
-            return self.guard.classify(text, role, context)
+            return self.guard.classify(text, role, context, last_assistant)
         except Exception as exc:  # fail closed: a broken guard must never let text through
             log.error("guard_failed", direction=direction.value, error=type(exc).__name__)
             return Verdict.failed(direction, exc, getattr(self.guard, "policy_version", "unknown"))

@@ -43,9 +43,15 @@ class SafetyGuard(Protocol):
     policy_version: str
 
     def classify(
-        self, text: str, role: Role | str = Role.USER, context: Sequence[str] = ()
+        self,
+        text: str,
+        role: Role | str = Role.USER,
+        context: Sequence[str] = (),
+        last_assistant: str = "",
     ) -> Verdict:
-        """Check ``text`` written by ``role``; ``context``: earlier user turns, oldest first."""
+        """Check ``text`` written by ``role``; ``context``: earlier user turns, oldest first;
+        ``last_assistant``: the companion's previous message when it was the check-in question
+        (``text`` answers it), else ``""``."""
         ...
 
 

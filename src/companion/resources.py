@@ -60,6 +60,8 @@ class ResourceCatalogue:
         self._templates: Mapping[str, Mapping[str, str]] = data["templates"]
         if FALLBACK_REGION not in self._regions or "en" not in self._templates:
             raise ValueError("the catalogue needs an INTL region and English templates")
+        if any("check_in" not in t for t in self._templates.values()):
+            raise ValueError("every template language needs a 'check_in' message")
 
     @classmethod
     def load(cls) -> ResourceCatalogue:
@@ -119,6 +121,19 @@ class ResourceCatalogue:
             .replace("{emergency}", emergency)
         )
         return text.strip(), listed
+
+    def check_in(self, locale: str) -> tuple[str, tuple[Resource, ...]]:
+        """The fixed check-in question for ``locale`` and the one 24/7 service it names.
+
+        Asked on possible risk: it asks directly whether the person has thoughts of ending
+        their life and keeps the conversation open (sources: ``RESOURCES_SOURCES.md``).
+        """
+        templates = self._templates.get(parse_locale(locale).language, self._templates["en"])
+        listed = self.resources(Category.CRISIS, locale)
+        raw = self._regions[self.region_for(locale)]["crisis"]  # hours before translation
+        service = listed[next((i for i, e in enumerate(raw) if e.get("hours") == "24/7"), 0)]
+        line = _format(service, templates.get("labels", {}))  # type: ignore[arg-type]
+        return templates["check_in"].replace("{service}", line).strip(), (service,)
 
     def empty_reply(self, locale: str) -> str:
         """What to say when the model produced nothing usable."""

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 __all__ = [
     "Action",
     "Category",
+    "Decision",
     "Direction",
     "Reply",
     "Resource",
@@ -35,7 +36,21 @@ class Action(enum.StrEnum):
     """What the pipeline did with a turn."""
 
     ANSWERED = "answered"
+    CHECKED_IN = "checked_in"
     REDIRECTED = "redirected"
+
+
+class Decision(enum.StrEnum):
+    """What a guard decided for one message: the three outcomes of triage.
+
+    ``NONE``: answer. ``CHECK_IN``: possible risk, uncertain; ask directly with the fixed
+    check-in message and keep the conversation open. ``REDIRECT``: crisis or a medical-advice
+    request; reply with the fixed resource message.
+    """
+
+    NONE = "none"
+    CHECK_IN = "check_in"
+    REDIRECT = "redirect"
 
 
 class Role(enum.StrEnum):
@@ -57,13 +72,17 @@ class Verdict:
     """The outcome of one safety check, as a value (never an exception).
 
     Args:
-        category: The winning category, ``NONE`` if no score reached its threshold.
-        scores: Score per category, in ``[0, 1]``.
+        category: The winning category, ``NONE`` if no score reached its threshold. A check-in
+            is ``CRISIS`` with ``decision`` ``CHECK_IN``.
+        scores: Score per label (``crisis``, ``medical`` and, for three-level policies,
+            ``risk``: possible risk that warrants at least a check-in), in ``[0, 1]``.
         thresholds: The threshold per category that the scores were compared with.
         policy_version: Version of the classifier artifact and policy that decided.
         direction: Whether the user's message or the model's reply was checked.
         error: Name of the exception type when the check itself failed (the pipeline then
             fails closed and treats the turn as a crisis); ``None`` otherwise.
+        decision: ``NONE``, ``CHECK_IN`` or ``REDIRECT``; by default ``REDIRECT`` whenever
+            ``category`` is not ``NONE`` (two-level policies).
     """
 
     category: Category
@@ -72,11 +91,25 @@ class Verdict:
     policy_version: str
     direction: Direction = Direction.INPUT
     error: str | None = None
+    decision: Decision = Decision.NONE
+
+    def __post_init__(self) -> None:
+        if self.category is Category.NONE and self.decision is not Decision.NONE:
+            raise ValueError(f"decision {self.decision.value!r} needs a category")
+        if self.category is not Category.NONE and self.decision is Decision.NONE:
+            object.__setattr__(self, "decision", Decision.REDIRECT)
+        if self.category is Category.MEDICAL and self.decision is Decision.CHECK_IN:
+            raise ValueError("a check-in is for possible crisis, not medical requests")
 
     @property
     def fired(self) -> bool:
-        """True when the turn must be redirected."""
-        return self.category is not Category.NONE
+        """True when the turn gets a fixed message (check-in or redirect) instead of model text."""
+        return self.decision is not Decision.NONE
+
+    @property
+    def redirects(self) -> bool:
+        """True when the turn must be redirected to the resource message."""
+        return self.decision is Decision.REDIRECT
 
     @classmethod
     def failed(cls, direction: Direction, error: BaseException, policy_version: str) -> Verdict:
@@ -88,6 +121,7 @@ class Verdict:
             policy_version=policy_version,
             direction=direction,
             error=type(error).__name__,
+            decision=Decision.REDIRECT,
         )
 
 
@@ -162,9 +196,10 @@ class Reply:
 
     Args:
         text: What the user should see: generated text or a fixed resource message.
-        category: ``"none"``, ``"crisis"`` or ``"medical"``.
-        action: ``"answered"`` or ``"redirected"``.
-        resources: The services listed in a redirect (empty when answered).
+        category: ``"none"``, ``"crisis"`` or ``"medical"`` (a check-in is ``"crisis"``).
+        action: ``"answered"``, ``"checked_in"`` (the fixed check-in question) or
+            ``"redirected"`` (the fixed resource message).
+        resources: The services listed in a redirect or check-in (empty when answered).
         input_verdict: The check of the user's message.
         output_verdict: The check of the model's reply (``None`` when generation was skipped).
         turn_index: Index of the assistant turn in the session.

@@ -44,7 +44,10 @@ class Policy:
 
     Args:
         policy_version: Recorded in every verdict.
-        labels: Scored labels; crisis outranks medical in this order.
+        labels: Scored labels: ``crisis`` and ``medical`` (two-level policies), plus ``risk``
+            (possible risk: at least a check-in) for three-level ones. A crisis score at its
+            threshold redirects; else a risk score at its threshold checks in; else a medical
+            score at its threshold redirects to health resources.
         thresholds: Per role (``"user"``, ``"assistant"``), the score at which each label fires.
         encoder: Base encoder the head was trained on (``embedded:all-minilm-l6-v2`` or a
             path/id).
@@ -64,6 +67,8 @@ class Policy:
             the window's score is used as it is.
         ngram_buckets: Hash buckets per n-gram family added to the features (0: none).
         ngram_scale: Weight of the n-gram block relative to the unit-norm embeddings.
+        answer_features: User messages that answer the companion's check-in get feature
+            blocks of their own (``features.feature_blocks``); the head must have them.
         training: Free-form provenance (data hash, seed, sizes, hyperparameters).
     """
 
@@ -81,6 +86,7 @@ class Policy:
     context_rule: str = "rise"
     ngram_buckets: int = 0
     ngram_scale: float = 2.0
+    answer_features: bool = False
     training: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -93,6 +99,9 @@ class Policy:
                 f"ngram_buckets={self.ngram_buckets}, ngram_scale={self.ngram_scale}: "
                 "need buckets >= 0 and scale > 0"
             )
+        unknown = set(self.labels) - {"crisis", "medical", "risk"}
+        if unknown or not {"crisis", "medical"} <= set(self.labels):
+            raise ValueError(f"labels={self.labels}: need crisis and medical, optionally risk")
         if self.encoder_layers < 0:
             raise ValueError(f"encoder_layers={self.encoder_layers}: need >= 0 (0: all)")
         if self.encoder_quantization not in QUANTIZATIONS:

@@ -22,11 +22,12 @@ import numpy as np
 
 from ..errors import ModelLoadError
 from ..protocols import Encoder
-from ..types import Category, Direction, Role, Verdict
+from ..types import Category, Decision, Direction, Role, Verdict
 from .artifact import Policy, encoder_adapter_dir, load_artifact
 from .features import build_features, feature_blocks
 from .heads import FloatArray, Head, LinearHead
 from .normalize import normalize
+from .topics import raises_risk_topic
 
 __all__ = ["ClassifyItem", "SafetyClassifier", "encoder_inputs", "window_text"]
 
@@ -39,11 +40,19 @@ class ClassifyItem:
         text: The message to check.
         role: Who wrote it: ``"user"`` or ``"assistant"``.
         context: Earlier user turns, oldest first (used for user messages).
+        last_assistant: The companion's previous message when it was the check-in question;
+            the newest user message is then read as the answer to it. Empty otherwise.
     """
 
     text: str
     role: Role = Role.USER
     context: tuple[str, ...] = ()
+    last_assistant: str = ""
+
+    @property
+    def answers_check_in(self) -> bool:
+        """True when this user message answers a check-in."""
+        return Role(self.role) is Role.USER and bool(self.last_assistant.strip())
 
 
 def window_text(text: str, context: Sequence[str], turns: int, max_words: int) -> str:
@@ -147,7 +156,11 @@ class SafetyClassifier:
         return {r: dict(t) for r, t in self.policy.thresholds.items()}
 
     def classify(
-        self, text: str, role: Role | str = Role.USER, context: Sequence[str] = ()
+        self,
+        text: str,
+        role: Role | str = Role.USER,
+        context: Sequence[str] = (),
+        last_assistant: str = "",
     ) -> Verdict:
         """Check one message.
 
@@ -155,18 +168,19 @@ class SafetyClassifier:
             text: The message.
             role: ``"user"`` for the person's message, ``"assistant"`` for a model reply.
             context: Earlier user turns, oldest first (ignored for assistant replies).
+            last_assistant: The companion's previous message when it was the check-in
+                question (the newest message answers it); ``""`` otherwise.
 
         Returns:
-            The verdict; its category is ``NONE`` unless a score reached its threshold.
+            The verdict: its decision is ``NONE``, ``CHECK_IN`` or ``REDIRECT``.
         """
-        return self.classify_batch([ClassifyItem(text, Role(role), tuple(context))])[0]
+        item = ClassifyItem(text, Role(role), tuple(context), last_assistant)
+        return self.classify_batch([item])[0]
 
     def classify_batch(self, items: Sequence[ClassifyItem]) -> list[Verdict]:
         """Check many messages in one encoder pass."""
         scores = self.score_batch(items)
-        return [
-            self._verdict(row, Role(item.role)) for row, item in zip(scores, items, strict=True)
-        ]
+        return [self._verdict(row, item) for row, item in zip(scores, items, strict=True)]
 
     def score_batch(self, items: Sequence[ClassifyItem]) -> FloatArray:
         """Raw scores of shape ``(len(items), len(labels))``, columns in ``head.labels`` order.
@@ -197,12 +211,18 @@ class SafetyClassifier:
             idx = [i for i, item in enumerate(items) if Role(item.role) is role]
             if not idx:
                 continue
-            scores[idx] = self._score(emb, texts, [slots[i][0] for i in idx], None, role)
+            answer = [items[i].answers_check_in for i in idx]
+            scores[idx] = self._score(emb, texts, [slots[i][0] for i in idx], None, role, answer)
             ctx = [i for i in idx if slots[i][1] >= 0]
             if not ctx:
                 continue
             full = self._score(
-                emb, texts, [slots[i][0] for i in ctx], [slots[i][1] for i in ctx], role
+                emb,
+                texts,
+                [slots[i][0] for i in ctx],
+                [slots[i][1] for i in ctx],
+                role,
+                [items[i].answers_check_in for i in ctx],
             )
             if self.policy.context_rule == "window":
                 scores[ctx] = full
@@ -226,8 +246,10 @@ class SafetyClassifier:
         newest: list[int],
         window: list[int] | None,
         role: Role,
+        answer: list[bool] | None = None,
     ) -> FloatArray:
-        """Head scores; without a window, a user text is its own window (no context)."""
+        """Head scores; without a window, a user text is its own window (no context).
+        ``answer``: per row, whether it answers a check-in (policies with answer features)."""
         if role is Role.USER and self.policy.user_features == "newest+window":
             window = newest if window is None else window
         else:
@@ -239,20 +261,40 @@ class SafetyClassifier:
             None if window is None else [texts[j] for j in window],
             self.policy.ngram_buckets,
             self.policy.ngram_scale,
+            (answer or [False] * len(newest)) if self._answer_blocks(role) else None,
         )
         if isinstance(self.head, LinearHead):  # blockwise: no sparse hstack per check
             return self.head.scores_blocks(feature_blocks(*args), role)
         return self.head.scores(build_features(*args), role)
 
-    def _verdict(self, row: FloatArray, role: Role) -> Verdict:
+    def _answer_blocks(self, role: Role) -> bool:
+        return role is Role.USER and self.policy.answer_features
+
+    def _verdict(self, row: FloatArray, item: ClassifyItem) -> Verdict:
+        role = Role(item.role)
         thresholds = dict(self.policy.thresholds[role.value])
         by_label = {
             label: round(float(s), 4) for label, s in zip(self.head.labels, row, strict=True)
         }
-        category = Category.NONE
-        for label in self.policy.labels:  # crisis outranks medical: the policy's order
-            if label in by_label and float(row[self.head.labels.index(label)]) >= thresholds[label]:
-                category = Category(label)
-                break
+        if role is Role.ASSISTANT:  # generated text never raises risk topics (topics.py)
+            by_label["risk_topic"] = float(raises_risk_topic(item.text))
+
+        def reached(label: str) -> bool:
+            return (
+                label in thresholds
+                and float(row[self.head.labels.index(label)]) >= (thresholds[label])
+            )
+
+        # crisis redirects; possible risk checks in; a medical request redirects to health
+        # resources. Risk outranks medical: "stop my meds and just disappear" gets the question.
+        category, decision = Category.NONE, Decision.NONE
+        if reached("crisis"):
+            category, decision = Category.CRISIS, Decision.REDIRECT
+        elif reached("risk") or by_label.get("risk_topic", 0.0) >= 1.0:
+            category, decision = Category.CRISIS, Decision.CHECK_IN
+        elif reached("medical"):
+            category, decision = Category.MEDICAL, Decision.REDIRECT
         direction = Direction.INPUT if role is Role.USER else Direction.OUTPUT
-        return Verdict(category, by_label, thresholds, self.policy_version, direction)
+        return Verdict(
+            category, by_label, thresholds, self.policy_version, direction, None, decision
+        )

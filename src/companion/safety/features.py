@@ -99,9 +99,16 @@ def feature_blocks(
     window_text: Sequence[str] | None = None,
     ngram_buckets: int = 0,
     ngram_scale: float = 2.0,
+    answer: Sequence[bool] | None = None,
 ) -> list[Any]:
     """The blocks of :func:`build_features`, left side by side: ``[newest_emb, window_emb?,
-    ngrams(newest)..., ngrams(window)?]`` (dense arrays, then :class:`HashedNgrams`).
+    answer_emb?, answer_bias?, ngrams(newest)..., ngrams(window)?, ngrams(answer)?]`` (dense
+    arrays, then :class:`HashedNgrams`).
+
+    ``answer`` (one flag per row, or ``None`` for policies without it) marks messages that
+    answer the companion's check-in question. Their embedding and word n-grams are repeated in
+    blocks of their own (zero for other rows), so the head has separate weights for reading an
+    answer: "no, nothing like that" after a check-in is not the same as "no" anywhere else.
 
     A head can score blocks one by one (:meth:`LinearHead.scores_blocks`); for one message
     that skips building a sparse matrix, which costs more than the rest of the head.
@@ -109,6 +116,9 @@ def feature_blocks(
     blocks: list[Any] = [newest_emb.astype(np.float32, copy=False)]
     if window_emb is not None:
         blocks.append(window_emb.astype(np.float32, copy=False))
+    mask = None if answer is None else np.asarray(answer, dtype=np.float32).reshape(-1, 1)
+    if mask is not None:
+        blocks += [blocks[0] * mask, mask]
     if not ngram_buckets:
         return blocks
     words, chars = _analyzers()
@@ -118,6 +128,9 @@ def feature_blocks(
     ]
     if window_text is not None:
         blocks.append(hashed_ngrams(window_text, words, ngram_buckets, 0.5 * ngram_scale))
+    if answer is not None:
+        answers = [t if a else "" for t, a in zip(newest_text, answer, strict=True)]
+        blocks.append(hashed_ngrams(answers, words, ngram_buckets, ngram_scale))
     return blocks
 
 
@@ -128,8 +141,10 @@ def build_features(
     window_text: Sequence[str] | None = None,
     ngram_buckets: int = 0,
     ngram_scale: float = 2.0,
+    answer: Sequence[bool] | None = None,
 ) -> Any:
-    """Feature rows ``[newest_emb, window_emb?, ngrams(newest), ngrams(window)?]``.
+    """Feature rows ``[newest_emb, window_emb?, answer blocks?, ngrams(newest),
+    ngrams(window)?, ngrams(answer)?]`` (see :func:`feature_blocks`).
 
     Args:
         newest_emb: Embeddings of the (normalised) newest messages.
@@ -138,12 +153,13 @@ def build_features(
         window_text: The normalised windows, else ``None``.
         ngram_buckets: Hash buckets per n-gram family; 0 turns n-grams off (dense output).
         ngram_scale: Weight of the n-gram block relative to the unit-norm embeddings.
+        answer: Per row, whether the message answers a check-in (``None``: no answer blocks).
 
     Returns:
         A dense array without n-grams, else a scipy CSR matrix.
     """
     blocks = feature_blocks(
-        newest_emb, newest_text, window_emb, window_text, ngram_buckets, ngram_scale
+        newest_emb, newest_text, window_emb, window_text, ngram_buckets, ngram_scale, answer
     )
     dense = [b for b in blocks if isinstance(b, np.ndarray)]
     x = np.concatenate(dense, axis=1).astype(np.float32)

@@ -111,7 +111,9 @@ class _Call:
                 if response.HasField(field):
                     v = getattr(response, field)
                     metrics.guard_decisions.labels(
-                        _enum_name(pb.Category, v.category), _enum_name(pb.Direction, v.direction)
+                        _enum_name(pb.Category, v.category),
+                        _enum_name(pb.Decision, v.decision),
+                        _enum_name(pb.Direction, v.direction),
                     ).inc()
         elif name == "GetHistoryResponse":
             self.fields["turns"] = len(response.turns)

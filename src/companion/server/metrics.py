@@ -40,13 +40,15 @@ class Metrics:
         )
         self.guard_decisions = Counter(
             "companion_guard_decisions",
-            "Safety checks run, by the category they found and the side they checked.",
-            ["category", "direction"],
+            "Safety checks run, by the category they found, what they decided (none / check_in /"
+            " redirect) and the side they checked.",
+            ["category", "decision", "direction"],
             registry=self.registry,
         )
         self.turns = Counter(
             "companion_turns",
-            "Completed turns, by what the service did (answered / redirected) and why.",
+            "Completed turns, by what the service did (answered / checked_in / redirected)"
+            " and why.",
             ["action", "category"],
             registry=self.registry,
         )

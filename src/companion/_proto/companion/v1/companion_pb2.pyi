@@ -22,6 +22,14 @@ class Action(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ACTION_UNSPECIFIED: _ClassVar[Action]
     ACTION_ANSWERED: _ClassVar[Action]
     ACTION_REDIRECTED: _ClassVar[Action]
+    ACTION_CHECKED_IN: _ClassVar[Action]
+
+class Decision(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    DECISION_UNSPECIFIED: _ClassVar[Decision]
+    DECISION_NONE: _ClassVar[Decision]
+    DECISION_CHECK_IN: _ClassVar[Decision]
+    DECISION_REDIRECT: _ClassVar[Decision]
 
 class Direction(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -41,6 +49,11 @@ CATEGORY_MEDICAL: Category
 ACTION_UNSPECIFIED: Action
 ACTION_ANSWERED: Action
 ACTION_REDIRECTED: Action
+ACTION_CHECKED_IN: Action
+DECISION_UNSPECIFIED: Decision
+DECISION_NONE: Decision
+DECISION_CHECK_IN: Decision
+DECISION_REDIRECT: Decision
 DIRECTION_UNSPECIFIED: Direction
 DIRECTION_INPUT: Direction
 DIRECTION_OUTPUT: Direction
@@ -88,7 +101,7 @@ class StreamMessageRequest(_message.Message):
     def __init__(self, session_id: _Optional[str] = ..., text: _Optional[str] = ...) -> None: ...
 
 class Verdict(_message.Message):
-    __slots__ = ("category", "scores", "thresholds", "policy_version", "direction", "check_failed")
+    __slots__ = ("category", "scores", "thresholds", "policy_version", "direction", "check_failed", "decision")
     class ScoresEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -109,13 +122,15 @@ class Verdict(_message.Message):
     POLICY_VERSION_FIELD_NUMBER: _ClassVar[int]
     DIRECTION_FIELD_NUMBER: _ClassVar[int]
     CHECK_FAILED_FIELD_NUMBER: _ClassVar[int]
+    DECISION_FIELD_NUMBER: _ClassVar[int]
     category: Category
     scores: _containers.ScalarMap[str, float]
     thresholds: _containers.ScalarMap[str, float]
     policy_version: str
     direction: Direction
     check_failed: bool
-    def __init__(self, category: _Optional[_Union[Category, str]] = ..., scores: _Optional[_Mapping[str, float]] = ..., thresholds: _Optional[_Mapping[str, float]] = ..., policy_version: _Optional[str] = ..., direction: _Optional[_Union[Direction, str]] = ..., check_failed: _Optional[bool] = ...) -> None: ...
+    decision: Decision
+    def __init__(self, category: _Optional[_Union[Category, str]] = ..., scores: _Optional[_Mapping[str, float]] = ..., thresholds: _Optional[_Mapping[str, float]] = ..., policy_version: _Optional[str] = ..., direction: _Optional[_Union[Direction, str]] = ..., check_failed: _Optional[bool] = ..., decision: _Optional[_Union[Decision, str]] = ...) -> None: ...
 
 class Resource(_message.Message):
     __slots__ = ("name", "description", "phone", "sms", "url", "hours", "source")
