@@ -18,7 +18,9 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA_DIR = str(REPO_ROOT.parent / "shared" / "data")
 DEFAULT_RUN_DIR = str(REPO_ROOT / "runs" / "safety")
 SEED_DIR = str(REPO_ROOT / "safety" / "data")
-LABELS = ("crisis", "medical")
+LABELS = ("crisis", "medical", "risk")
+"""Head columns. Row labels are none / check_in / crisis / medical: ``risk`` is check_in or
+crisis (at least a check-in), ``crisis`` a redirect, ``medical`` a medical redirect."""
 
 
 def parse_args(cls: type) -> Any:
@@ -57,7 +59,10 @@ def data_hash(rows: Sequence[dict[str, Any]]) -> str:
 
 def targets(rows: Sequence[dict[str, Any]]) -> np.ndarray:
     """Multi-label 0/1 targets of shape ``(n, len(LABELS))``."""
-    return np.array([[float(r["label"] == lab) for lab in LABELS] for r in rows], dtype=np.float32)
+    hit = {"crisis": {"crisis"}, "medical": {"medical"}, "risk": {"crisis", "check_in"}}
+    return np.array(
+        [[float(r["label"] in hit[lab]) for lab in LABELS] for r in rows], dtype=np.float32
+    )
 
 
 class EmbeddingCache:
@@ -157,11 +162,14 @@ def features(rows: Sequence[dict[str, Any]], role: str, cache: EmbeddingCache, p
 
     newest, windows = [], []
     for r in rows:
-        item = ClassifyItem(r["text"], Role(role), tuple(r.get("context", ())))
+        item = ClassifyItem(
+            r["text"], Role(role), tuple(r.get("context", ())), r.get("last_assistant", "")
+        )
         n, w = encoder_inputs(item, policy)
         newest.append(n)
         windows.append(w if w is not None else n)
     windowed = role == "user" and policy.user_features == "newest+window"
+    answered = role == "user" and policy.answer_features
     return build_features(
         cache.encode(newest),
         newest,
@@ -169,6 +177,7 @@ def features(rows: Sequence[dict[str, Any]], role: str, cache: EmbeddingCache, p
         windows if windowed else None,
         policy.ngram_buckets,
         policy.ngram_scale,
+        [bool(r.get("last_assistant")) for r in rows] if answered else None,
     )
 
 
@@ -181,7 +190,12 @@ def classifier_scores(
     from companion.types import Role
 
     clf = SafetyClassifier(cache, head, policy)
-    items = [ClassifyItem(r["text"], Role(role), tuple(r.get("context", ()))) for r in rows]
+    items = [
+        ClassifyItem(
+            r["text"], Role(role), tuple(r.get("context", ())), r.get("last_assistant", "")
+        )
+        for r in rows
+    ]
     return np.asarray(clf.score_batch(items))
 
 

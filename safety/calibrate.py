@@ -1,9 +1,14 @@
 """Step 4 of 5: choose the thresholds on the validation split and write the artifact.
 
-Policy, per role:
-- ``crisis`` is tuned for recall first: the highest threshold whose validation recall on the
-  clean crisis sources (hand-written, synthetic windows, conversations) is at least
-  ``crisis_recall``, counting each distinct message once (at its lowest score).
+Policy, per role (three levels: a crisis score at its threshold redirects, else a risk score at
+its threshold checks in, else a medical score at its threshold redirects):
+- ``crisis`` (redirect) is tuned for recall first: the highest threshold whose validation
+  recall on the clean crisis-labelled sources (hand-written, synthetic windows, conversations,
+  dialogues, check-in answers) is at least ``crisis_recall``, counting each distinct message
+  once (at its lowest score).
+- ``risk`` (check-in) is the highest threshold at which the *catch rate* (check-in or
+  redirect) on the clean crisis and check-in messages is at least ``catch_rate``, given the
+  crisis threshold.
 - ``medical`` is tuned for precision at high recall: the lowest threshold whose validation
   precision (against every other validation row of that role) is at least
   ``medical_precision`` and whose recall on the clean medical sources (hand-written and
@@ -47,10 +52,13 @@ from companion.safety.encoding import adapter_digest
 from companion.safety.normalize import NORMALIZATION_VERSION
 from companion.types import Role
 
+_USER_RISK = {"handwritten", "windows", "conversations", "dialogues", "check_in_answers"}
 CLEAN = {
-    ("user", "crisis"): {"handwritten", "windows", "conversations"},
-    ("user", "medical"): {"handwritten", "windows"},
+    ("user", "crisis"): _USER_RISK,
+    ("user", "risk"): _USER_RISK,
+    ("user", "medical"): {"handwritten", "windows", "dialogues"},
     ("assistant", "crisis"): {"handwritten"},
+    ("assistant", "risk"): {"handwritten", "counselchat"},
     ("assistant", "medical"): {"handwritten"},
 }
 INSTALL_DIR = REPO_ROOT / "src" / "companion" / "safety" / "artifacts" / "default"
@@ -59,7 +67,16 @@ INSTALL_DIR = REPO_ROOT / "src" / "companion" / "safety" / "artifacts" / "defaul
 @dataclass
 class Args:
     run_dir: str = field(default=DEFAULT_RUN_DIR, metadata={"help": "folder from train.py"})
-    crisis_recall: float = field(default=0.97, metadata={"help": "val recall floor, crisis"})
+    crisis_recall: float = field(
+        default=0.95, metadata={"help": "val recall floor of the crisis redirect"}
+    )
+    catch_rate: float = field(
+        default=0.97,
+        metadata={"help": "val floor: crisis and check-in messages checked in or redirected"},
+    )
+    assistant_catch_rate: float = field(
+        default=0.97, metadata={"help": "replies: unsafe or risk-raising replies withheld"}
+    )
     medical_recall: float = field(default=0.92, metadata={"help": "val recall floor, medical"})
     medical_precision: float = field(
         default=0.95, metadata={"help": "val precision kept while lowering the medical threshold"}
@@ -71,6 +88,8 @@ class Args:
     def __post_init__(self) -> None:
         for name in (
             "crisis_recall",
+            "catch_rate",
+            "assistant_catch_rate",
             "medical_recall",
             "medical_precision",
             "assistant_crisis_recall",
@@ -205,6 +224,12 @@ def main(args: Args) -> None:
             if label == "crisis":
                 floor = args.crisis_recall if role is Role.USER else args.assistant_crisis_recall
                 t = recall_threshold(per_message_min(rows, scores[:, j], clean), floor)
+            elif label == "risk":
+                # caught = redirected (crisis at its threshold, chosen first) or checked in
+                floor = args.catch_rate if role is Role.USER else args.assistant_catch_rate
+                redirected = scores[:, LABELS.index("crisis")] >= thresholds[role.value]["crisis"]
+                caught_score = np.where(redirected, 1.0, scores[:, j])
+                t = recall_threshold(per_message_min(rows, caught_score, clean), floor)
             else:
                 floor = args.medical_recall
                 t = precision_at_recall(scores[:, j], y[:, j], clean, floor, args.medical_precision)
@@ -240,6 +265,7 @@ def main(args: Args) -> None:
         context_turns=report["context_turns"],
         ngram_buckets=report["ngram_buckets"],
         ngram_scale=report["ngram_scale"],
+        answer_features=True,
         training={
             "excluded_sources": report["excluded_sources"],
             "train_hash": manifest["train_hash"],
@@ -250,6 +276,8 @@ def main(args: Args) -> None:
             "C": {r: {lab: v["C"] for lab, v in d.items()} for r, d in report["roles"].items()},
             "calibration": {
                 "crisis_recall_floor": args.crisis_recall,
+                "catch_rate_floor": args.catch_rate,
+                "assistant_catch_rate_floor": args.assistant_catch_rate,
                 "assistant_crisis_recall_floor": args.assistant_crisis_recall,
                 "medical_recall_floor": args.medical_recall,
                 "medical_precision": args.medical_precision,

@@ -37,6 +37,9 @@ from _common import (
     read_jsonl,
     write_jsonl,
 )
+from triage_data import check_in_answers, dialogues, relabel_levels
+
+from companion.safety.topics import raises_risk_topic
 
 # Relabelling lexicons: used only to decide which public rows are unambiguous enough to keep.
 CRISIS_RE = re.compile(
@@ -60,6 +63,8 @@ SOURCE_WEIGHT = {
     "counselchat": 0.5,
     "annomi": 1.0,  # lexicon-filtered ordinary talk: clean "none" labels
     "cssrs": 0.3,
+    "dialogues": 1.0,  # whole support-seeking conversations, labelled per turn (three levels)
+    "check_in_answers": 1.0,
 }
 
 
@@ -129,10 +134,20 @@ def split_items(items: list[Any], seed: int, key: Any = None) -> dict[str, list[
 
 
 def handwritten(seed_dir: Path, seed: int) -> dict[str, list[dict[str, Any]]]:
+    """The seed files, split per subtype; crisis rows relabelled into three levels
+    (``relabel_levels.jsonl``) take their new label, in the split they always had."""
+    levels = relabel_levels(seed_dir)
     out: dict[str, list[dict[str, Any]]] = {"train": [], "val": [], "test": []}
     for name in SEED_FILES:
         rows = [
-            row(r["text"], r["label"], r["role"], "handwritten", subtype=r["subtype"], file=name)
+            row(
+                r["text"],
+                levels.get(r["text"], r["label"]) if r["label"] == "crisis" else r["label"],
+                r["role"],
+                "handwritten",
+                subtype=r["subtype"],
+                file=name,
+            )
             for r in read_jsonl(seed_dir / f"{name}.jsonl")
         ]
         for split, part in split_items(rows, seed, key=lambda r: r["subtype"]).items():
@@ -183,6 +198,7 @@ def windows(rows: list[dict[str, Any]], rng: random.Random) -> list[dict[str, An
     """Synthetic multi-turn rows from one split's hand-written single messages."""
     user = [r for r in rows if r["role"] == "user" and r["source"] == "handwritten"]
     crisis = [r["text"] for r in user if r["label"] == "crisis"]
+    check_in = [r["text"] for r in user if r["label"] == "check_in"]
     medical = [r["text"] for r in user if r["label"] == "medical"]
     benign = [r["text"] for r in user if r["label"] == "none"]
     if not (crisis and medical and benign):
@@ -194,6 +210,10 @@ def windows(rows: list[dict[str, Any]], rng: random.Random) -> list[dict[str, An
     out = []
     for t in crisis:  # a crisis message stays a crisis whatever came before
         out.append(row(t, "crisis", "user", "windows", context=ctx(benign), subtype="crisis_last"))
+    for t in check_in:
+        out.append(
+            row(t, "check_in", "user", "windows", context=ctx(benign), subtype="check_in_last")
+        )
     for t in medical:
         out.append(
             row(t, "medical", "user", "windows", context=ctx(benign), subtype="medical_last")
@@ -426,6 +446,8 @@ def main(args: Args) -> None:
         "meqsum": meqsum(data_dir, args.seed),
         "counselchat": counselchat(data_dir),
         "annomi": annomi(data_dir, args, random.Random(f"{args.seed}-annomi")),
+        "dialogues": dialogues(seed_dir, args.seed, row, split_items),
+        "check_in_answers": check_in_answers(seed_dir, args.seed, row, split_items),
     }
     for name, parts in per_source.items():
         for split, rows in parts.items():
@@ -437,6 +459,9 @@ def main(args: Args) -> None:
     for split in splits:
         synthetic = windows(splits[split], random.Random(f"{args.seed}-windows-{split}"))
         splits[split] += synthetic
+        for r in splits[split]:  # generated text never raises risk topics, whatever its tone
+            if r["role"] == "assistant" and r["label"] == "none" and raises_risk_topic(r["text"]):
+                r["label"] = "check_in"
     print(f"  {'windows':14s} synthetic multi-turn rows built per split from hand-written rows")
 
     banner("splits (rows by source / role / label)")

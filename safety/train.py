@@ -80,6 +80,7 @@ def scaffold_policy(
         context_turns=context_turns,
         ngram_buckets=ngram_buckets,
         ngram_scale=ngram_scale,
+        answer_features=True,
     )
 
 

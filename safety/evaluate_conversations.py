@@ -1,0 +1,180 @@
+"""Conversation-level evaluation: play held-out conversations through the guard turn by turn.
+
+Each conversation of ``safety/data/dialogues/`` in the chosen split is replayed as the
+pipeline would see it: the guard reads every user turn with the earlier user turns, the
+check-in state is derived from the decisions taken so far (``companion._triage``: a check-in
+makes the next turn its answer; a clear no starts a quiet period), and the decision is stored
+with the turn. The model is not run, so check-ins raised by the output guard are not counted.
+Reports, with bootstrap intervals over conversations:
+
+- benign conversations: per-turn check-in and redirect rates, share never interrupted;
+- risk conversations: share caught (check-in or redirect) at the turn where risk first appears,
+  how late otherwise; turns labelled crisis redirected at once, caught at all; check-in turns
+  caught; medical turns redirected.
+
+Usage:
+    python safety/evaluate_conversations.py --run_dir runs/triage1 [--split val]
+        [--artifact shipped|run]
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from _common import (
+    DEFAULT_RUN_DIR,
+    EmbeddingCache,
+    banner,
+    cache_path,
+    load_encoder_for,
+    parse_args,
+    read_jsonl,
+)
+
+from companion._triage import apply_triage, triage_state
+from companion.safety import SafetyClassifier
+from companion.safety.artifact import encoder_adapter_dir, load_artifact
+from companion.types import Action, Decision, Role, Turn
+
+
+@dataclass
+class Args:
+    run_dir: str = field(default=DEFAULT_RUN_DIR, metadata={"help": "folder from prepare.py"})
+    split: str = field(default="val", metadata={"help": "val or test"})
+    artifact: str = field(
+        default="run", metadata={"help": "'run' ({run_dir}/artifact), 'shipped' or a folder"}
+    )
+    context_turns: int = field(default=3, metadata={"help": "user turns the pipeline passes"})
+    quiet_turns: int = field(default=3, metadata={"help": "PipelineConfig.check_in_quiet_turns"})
+    bootstrap: int = field(default=1000, metadata={"help": "resamples for the intervals"})
+    seed: int = field(default=13, metadata={"help": "bootstrap seed"})
+
+
+_ACTION = {Decision.NONE: Action.ANSWERED, Decision.CHECK_IN: Action.CHECKED_IN}
+
+
+def play(clf: SafetyClassifier, turns: list[dict[str, Any]], args: Args) -> list[Decision]:
+    """The guard's decision for each user turn of one conversation, state included."""
+    history: list[Turn] = []
+    decisions = []
+    for t in turns:
+        state = triage_state(history, args.quiet_turns)
+        context = [h.text for h in history if h.role is Role.USER][-args.context_turns :]
+        verdict, _ = apply_triage(
+            clf.classify(t["text"], Role.USER, context, state.check_in), state
+        )
+        decisions.append(verdict.decision)
+        action = _ACTION.get(verdict.decision, Action.REDIRECTED)
+        n = len(history)
+        history += [
+            Turn(Role.USER, t["text"], 0.0, verdict.category, action, dict(verdict.scores), n),
+            Turn(
+                Role.ASSISTANT, "(fixed or model reply)", 0.0, verdict.category, action, {}, n + 1
+            ),
+        ]
+    return decisions
+
+
+def interval(values: np.ndarray, groups: np.ndarray, args: Args) -> tuple[float, float, float]:
+    """Mean of ``values`` and a bootstrap 95% interval resampling whole ``groups``."""
+    if len(values) == 0:
+        return float("nan"), float("nan"), float("nan")
+    ids = np.unique(groups)
+    by = {g: values[groups == g] for g in ids}
+    rng = np.random.default_rng(args.seed)
+    means = []
+    for _ in range(args.bootstrap):
+        pick = rng.choice(ids, len(ids))
+        means.append(float(np.concatenate([by[g] for g in pick]).mean()))
+    return float(values.mean()), float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
+
+
+def main(args: Args) -> None:
+    run = Path(args.run_dir)
+    folder = (
+        None
+        if args.artifact == "shipped"
+        else (run / "artifact" if args.artifact == "run" else Path(args.artifact))
+    )
+    head, policy = load_artifact(folder)
+    adapter = encoder_adapter_dir(policy, folder)
+    encoder = load_encoder_for(
+        "embedded", adapter, policy.encoder_layers, policy.encoder_quantization
+    )
+    cache = EmbeddingCache(encoder, cache_path(run, encoder.name))
+    clf = SafetyClassifier(cache, head, policy)
+    print(f"policy {policy.policy_version}; split {args.split}")
+
+    rows = [
+        r for r in read_jsonl(run / "splits" / f"{args.split}.jsonl") if r["source"] == "dialogues"
+    ]
+    convs: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for r in rows:
+        convs[r["conversation"]].append(r)
+    stats: dict[str, list[tuple[float, str]]] = defaultdict(list)
+    late: list[int | None] = []
+    for cid, turns in sorted(convs.items()):
+        turns.sort(key=lambda r: r["turn"])
+        decisions = play(clf, turns, args)
+        labels = [t["label"] for t in turns]
+        if all(lab == "none" for lab in labels) and turns[0]["subtype"].startswith("benign"):
+            for d in decisions:
+                stats["benign_check_in"].append((float(d is Decision.CHECK_IN), cid))
+                stats["benign_redirect"].append((float(d is Decision.REDIRECT), cid))
+            stats["benign_never_interrupted"].append(
+                (float(all(d is Decision.NONE for d in decisions)), cid)
+            )
+            continue
+        first = next(i for i, lab in enumerate(labels) if lab != "none")
+        caught = [i for i, d in enumerate(decisions) if i >= first and d is not Decision.NONE]
+        late.append(caught[0] - first if caught else None)
+        stats["risk_caught_at_first"].append((float(bool(caught) and caught[0] == first), cid))
+        stats["risk_caught_within_one"].append(
+            (float(bool(caught) and caught[0] <= first + 1), cid)
+        )
+        for lab, d in zip(labels, decisions, strict=True):
+            if lab == "crisis":
+                stats["crisis_turn_redirected"].append((float(d is Decision.REDIRECT), cid))
+                stats["crisis_turn_caught"].append((float(d is not Decision.NONE), cid))
+            elif lab == "check_in":
+                stats["check_in_turn_caught"].append((float(d is not Decision.NONE), cid))
+            elif lab == "medical":
+                stats["medical_turn_redirected"].append((float(d is Decision.REDIRECT), cid))
+            else:
+                stats["risk_conv_none_turn_interrupted"].append(
+                    (float(d is not Decision.NONE), cid)
+                )
+    cache.save()
+
+    banner(
+        f"conversations ({args.split}): {len(convs)}; bootstrap 95% intervals over conversations"
+    )
+    out: dict[str, Any] = {"policy": policy.policy_version, "split": args.split}
+    for name, pairs in stats.items():
+        values = np.array([v for v, _ in pairs])
+        groups = np.array([g for _, g in pairs])
+        mean, lo, hi = interval(values, groups, args)
+        out[name] = {"n": len(values), "mean": round(mean, 4), "ci": [round(lo, 4), round(hi, 4)]}
+        print(f"  {name:34s} n={len(values):5d}  {mean:.3f} [{lo:.3f}, {hi:.3f}]")
+    lateness = [x for x in late if x is not None]
+    out["risk_lateness"] = {
+        "never_caught": sum(x is None for x in late),
+        "turns_late": {str(k): lateness.count(k) for k in sorted(set(lateness))},
+    }
+    print(
+        f"  risk conversations: turns late when caught {out['risk_lateness']['turns_late']}, "
+        f"never caught {out['risk_lateness']['never_caught']}"
+    )
+    target = run / "eval" / f"conversations_{args.split}_{policy.policy_version}.json"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(json.dumps(out, indent=2) + "\n", "utf-8")
+    print(f"wrote {target}")
+
+
+if __name__ == "__main__":
+    main(parse_args(Args))
