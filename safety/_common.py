@@ -21,6 +21,8 @@ SEED_DIR = str(REPO_ROOT / "safety" / "data")
 LABELS = ("crisis", "medical", "risk")
 """Head columns. Row labels are none / check_in / crisis / medical: ``risk`` is check_in or
 crisis (at least a check-in), ``crisis`` a redirect, ``medical`` a medical redirect."""
+LABEL_HITS = {"crisis": {"crisis"}, "medical": {"medical"}, "risk": {"crisis", "check_in"}}
+"""Head column -> the row labels that are positives for it."""
 
 
 def parse_args(cls: type) -> Any:
@@ -59,9 +61,8 @@ def data_hash(rows: Sequence[dict[str, Any]]) -> str:
 
 def targets(rows: Sequence[dict[str, Any]]) -> np.ndarray:
     """Multi-label 0/1 targets of shape ``(n, len(LABELS))``."""
-    hit = {"crisis": {"crisis"}, "medical": {"medical"}, "risk": {"crisis", "check_in"}}
     return np.array(
-        [[float(r["label"] in hit[lab]) for lab in LABELS] for r in rows], dtype=np.float32
+        [[float(r["label"] in LABEL_HITS[lab]) for lab in LABELS] for r in rows], dtype=np.float32
     )
 
 

@@ -29,7 +29,7 @@ import numpy as np
 from _common import (
     DEFAULT_DATA_DIR,
     DEFAULT_RUN_DIR,
-    LABELS,
+    LABEL_HITS,
     EmbeddingCache,
     banner,
     cache_path,
@@ -210,8 +210,8 @@ def main(args: Args) -> None:
     for (role, source), part in sorted(groups.items()):
         thr = policy.thresholds[role]
         s = np.stack([r["scores"] for r in part])
-        for j, label in enumerate(LABELS):
-            y = np.array([r["label"] == label for r in part], dtype=int)
+        for j, label in enumerate(policy.labels):
+            y = np.array([r["label"] in LABEL_HITS[label] for r in part], dtype=int)
             if label == "medical" and source.startswith(
                 ("cssrs", "perturbed", "sst", "xstest_contrast")
             ):
@@ -220,7 +220,7 @@ def main(args: Args) -> None:
             results["sources"][f"{role}/{source}/{label}"] = m
             table.append((role, source, label, m))
         anyfire = np.array(
-            [any(r["scores"][j] >= thr[lab] for j, lab in enumerate(LABELS)) for r in part]
+            [any(r["scores"][j] >= thr[lab] for j, lab in enumerate(policy.labels)) for r in part]
         )
         if all(r["label"] == "none" for r in part):
             m = metrics(
@@ -279,13 +279,16 @@ def pooled(
     if label == "any":
         thr = policy.thresholds[role]
         s = np.array(
-            [float(any(r["scores"][k] >= thr[lab] for k, lab in enumerate(LABELS))) for r in part]
+            [
+                float(any(r["scores"][k] >= thr[lab] for k, lab in enumerate(policy.labels)))
+                for r in part
+            ]
         )
         y = np.array([int(r["label"] != "none") for r in part])
         return metrics(y, s, 0.5, args.n_boot, args.seed)
-    j = LABELS.index(label)
+    j = policy.labels.index(label)
     s = np.array([r["scores"][j] for r in part])
-    y = np.array([int(r["label"] == label) for r in part])
+    y = np.array([int(r["label"] in LABEL_HITS[label]) for r in part])
     return metrics(y, s, policy.thresholds[role][label], args.n_boot, args.seed)
 
 
@@ -438,7 +441,7 @@ def plot_curves(rows: list[dict[str, Any]], policy: Any, out_dir: Path) -> None:
     from sklearn.metrics import precision_recall_curve
 
     for role in ("user", "assistant"):
-        for j, label in enumerate(LABELS):
+        for j, label in enumerate(policy.labels):
             fig, ax = plt.subplots(figsize=(6, 5))
             by_src: dict[str, list[dict[str, Any]]] = defaultdict(list)
             for r in rows:
@@ -454,7 +457,7 @@ def plot_curves(rows: list[dict[str, Any]], policy: Any, out_dir: Path) -> None:
                 }
             )
             for name, part in curves.items():
-                y = np.array([r["label"] == label for r in part], dtype=int)
+                y = np.array([r["label"] in LABEL_HITS[label] for r in part], dtype=int)
                 if not 0 < y.sum() < len(y):
                     continue
                 s = np.array([r["scores"][j] for r in part])

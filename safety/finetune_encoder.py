@@ -40,7 +40,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from _common import ADAPTER_DIR, DEFAULT_RUN_DIR, LABELS, banner, parse_args, read_jsonl
+from _common import (
+    ADAPTER_DIR,
+    DEFAULT_RUN_DIR,
+    LABEL_HITS,
+    LABELS,
+    banner,
+    parse_args,
+    read_jsonl,
+)
 
 from companion.safety import normalize
 
@@ -78,19 +86,26 @@ class Args:
 
 
 def usable(rows: list[dict[str, Any]], excluded: set[str]) -> list[dict[str, Any]]:
-    """Rows whose label is a property of their own text."""
-    return [r for r in rows if not r.get("context") and r["source"] not in excluded]
+    """Rows whose label is a property of their own text: no context, or a conversation turn
+    up to its first risk turn (``own_label``) that answers no check-in."""
+    return [
+        r
+        for r in rows
+        if (not r.get("context") or (r.get("own_label") and not r.get("last_assistant")))
+        and r["source"] not in excluded
+    ]
 
 
 def epoch_rows(rows: list[dict[str, Any]], cap: int, rng: random.Random) -> list[dict[str, Any]]:
-    """All hand-written rows plus at most ``cap`` rows per public (source, role, label)."""
+    """All hand-written rows and conversation turns plus at most ``cap`` rows per public
+    (source, role, label)."""
     groups: dict[tuple[str, str, str], list[dict[str, Any]]] = defaultdict(list)
     for r in rows:
         groups[(r["source"], r["role"], r["label"])].append(r)
     out = []
     for key in sorted(groups):
         group = groups[key]
-        if key[0] != "handwritten" and cap and len(group) > cap:
+        if key[0] not in ("handwritten", "dialogues") and cap and len(group) > cap:
             group = rng.sample(group, cap)
         out += group
     return out
@@ -106,7 +121,9 @@ def batches(rows: list[dict[str, Any]], size: int, rng: random.Random) -> list[l
 
 def class_ids(rows: list[dict[str, Any]]) -> np.ndarray:
     """The classes of the contrastive loss: one integer per (role, label) of each row."""
-    names = [(role, label) for role in ("user", "assistant") for label in (*LABELS, "none")]
+    names = [
+        (role, label) for role in ("user", "assistant") for label in (*LABELS, "check_in", "none")
+    ]
     return np.array([names.index((r["role"], r["label"])) for r in rows], dtype=np.int64)
 
 
@@ -138,7 +155,7 @@ def targets_and_mask(rows: list[dict[str, Any]]) -> tuple[np.ndarray, np.ndarray
         for j, (role, label) in enumerate(COLUMNS):
             if r["role"] == role:
                 m[i, j] = 1.0
-                y[i, j] = float(r["label"] == label)
+                y[i, j] = float(r["label"] in LABEL_HITS[label])
     return y, m
 
 

@@ -46,6 +46,8 @@ def dialogues(seed_dir: Path, seed: int, row: Any, split: Any) -> dict[str, list
                         subtype=f"{c['kind']}/{c.get('pattern') or c.get('topic', '')}",
                         conversation=c["id"],
                         turn=i,
+                        # up to the first risk turn, a label is a property of the text itself
+                        own_label=all(p["label"] == "none" for p in turns[:i]),
                     )
                 )
         out[name] = rows

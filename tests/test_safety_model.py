@@ -165,7 +165,8 @@ def test_score_batch_matches_classify(clf):
     items = [ClassifyItem("I took all my pills"), ClassifyItem("fine", Role.ASSISTANT)]
     scores = clf.score_batch(items)
     for row, v in zip(scores, clf.classify_batch(items), strict=True):
-        assert v.scores == {"crisis": round(float(row[0]), 4), "medical": round(float(row[1]), 4)}
+        expected = {lab: round(float(s), 4) for lab, s in zip(clf.head.labels, row, strict=True)}
+        assert {lab: v.scores[lab] for lab in clf.head.labels} == expected
 
 
 def test_cli_classify_jsonl_contract(tmp_path):
@@ -196,6 +197,8 @@ def test_cli_classify_jsonl_contract(tmp_path):
     )
     out = [json.loads(line) for line in dst.read_text().splitlines()]
     assert [o["category"] for o in out] == ["crisis", "medical", "none"]
+    assert [o["action"] for o in out] == ["redirect", "redirect", "none"]
+    labels = set(SafetyClassifier.from_defaults().head.labels)
     for given, got in zip(rows, out, strict=True):
         assert {k: got[k] for k in given} == given  # the input is echoed unchanged
-        assert set(got["scores"]) == {"crisis", "medical"} == set(got["thresholds"])
+        assert labels == set(got["thresholds"]) and labels <= set(got["scores"])
