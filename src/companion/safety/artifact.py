@@ -46,8 +46,8 @@ class Policy:
         policy_version: Recorded in every verdict.
         labels: Scored labels: ``crisis`` and ``medical`` (two-level policies), plus ``risk``
             (possible risk: at least a check-in) for three-level ones. A crisis score at its
-            threshold redirects; else a risk score at its threshold checks in; else a medical
-            score at its threshold redirects to health resources.
+            threshold redirects; else a medical score at its threshold redirects to health
+            resources; else a risk score at its threshold checks in.
         thresholds: Per role (``"user"``, ``"assistant"``), the score at which each label fires.
         encoder: Base encoder the head was trained on (``embedded:all-minilm-l6-v2`` or a
             path/id).

@@ -285,15 +285,16 @@ class SafetyClassifier:
                 and float(row[self.head.labels.index(label)]) >= (thresholds[label])
             )
 
-        # crisis redirects; possible risk checks in; a medical request redirects to health
-        # resources. Risk outranks medical: "stop my meds and just disappear" gets the question.
+        # crisis redirects; a medical request redirects to health resources; else possible risk
+        # checks in. Medical outranks the check-in: the risk threshold is low (recall first),
+        # and a dose question must get the pharmacist, not "are you thinking of suicide?".
         category, decision = Category.NONE, Decision.NONE
         if reached("crisis"):
             category, decision = Category.CRISIS, Decision.REDIRECT
-        elif reached("risk") or by_label.get("risk_topic", 0.0) >= 1.0:
-            category, decision = Category.CRISIS, Decision.CHECK_IN
         elif reached("medical"):
             category, decision = Category.MEDICAL, Decision.REDIRECT
+        elif reached("risk") or by_label.get("risk_topic", 0.0) >= 1.0:
+            category, decision = Category.CRISIS, Decision.CHECK_IN
         direction = Direction.INPUT if role is Role.USER else Direction.OUTPUT
         return Verdict(
             category, by_label, thresholds, self.policy_version, direction, None, decision
