@@ -184,11 +184,13 @@ def test_missing_artifact_is_a_model_load_error(tmp_path):
 
 def test_shipped_artifact_is_complete():
     head, policy = load_artifact()
-    assert policy.labels == ("crisis", "medical")
+    assert policy.labels == ("crisis", "medical", "risk") and policy.answer_features
     assert policy.encoder == "embedded:all-minilm-l6-v2"
     assert policy.user_features == "newest+window" and policy.context_turns == 3
     b = policy.ngram_buckets
-    assert head.n_features(Role.USER) == 768 + 3 * b
+    # newest, window, the check-in answer's embedding and flag; three n-gram blocks and the
+    # answer's word n-grams
+    assert head.n_features(Role.USER) == 768 + 384 + 1 + 4 * b
     assert head.n_features(Role.ASSISTANT) == 384 + 2 * b
     assert policy.training["train_hash"]
     adapter = encoder_adapter_dir(policy)
@@ -196,8 +198,7 @@ def test_shipped_artifact_is_complete():
     assert (adapter / "adapter_config.json").is_file()
     assert policy.training["encoder_adapter_digest"] == adapter_digest(adapter)
     for role in ("user", "assistant"):
-        assert 0 < policy.thresholds[role]["crisis"] < 1
-        assert 0 < policy.thresholds[role]["medical"] < 1
+        assert all(0 < policy.thresholds[role][lab] < 1 for lab in policy.labels)
 
 
 def test_from_defaults_refuses_an_encoder_the_head_was_not_trained_on():
