@@ -37,7 +37,7 @@ from _common import (
 )
 
 from companion._triage import apply_triage, triage_state
-from companion.safety import SafetyClassifier
+from companion.safety import ClassifyItem, SafetyClassifier, encoder_inputs
 from companion.safety.artifact import encoder_adapter_dir, load_artifact
 from companion.types import Action, Decision, Role, Turn
 
@@ -113,6 +113,15 @@ def main(args: Args) -> None:
     rows = [
         r for r in read_jsonl(run / "splits" / f"{args.split}.jsonl") if r["source"] == "dialogues"
     ]
+    # every text the replay can encode (newest, window, the turns before it) in one batch
+    texts = set()
+    for r in rows:
+        context = tuple(r["context"][-args.context_turns :])
+        newest, window = encoder_inputs(ClassifyItem(r["text"], Role.USER, context), policy)
+        texts.add(newest)
+        if window is not None:
+            texts |= {window, window[: -len(newest) - 1]}
+    cache.encode(sorted(texts))
     convs: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for r in rows:
         convs[r["conversation"]].append(r)

@@ -184,13 +184,11 @@ def test_missing_artifact_is_a_model_load_error(tmp_path):
 
 def test_shipped_artifact_is_complete():
     head, policy = load_artifact()
-    assert policy.labels == ("crisis", "medical", "risk") and policy.answer_features
+    assert policy.labels == ("crisis", "medical") and not policy.answer_features
     assert policy.encoder == "embedded:all-minilm-l6-v2"
     assert policy.user_features == "newest+window" and policy.context_turns == 3
     b = policy.ngram_buckets
-    # newest, window, the check-in answer's embedding and flag; three n-gram blocks and the
-    # answer's word n-grams
-    assert head.n_features(Role.USER) == 768 + 384 + 1 + 4 * b
+    assert head.n_features(Role.USER) == 768 + 3 * b
     assert head.n_features(Role.ASSISTANT) == 384 + 2 * b
     assert policy.training["train_hash"]
     adapter = encoder_adapter_dir(policy)
