@@ -112,6 +112,8 @@ def test_cli_chat_short_conversation(tmp_path):
             "en-GB",
             "--max-new-tokens",
             "24",
+            "--seed",
+            "7",  # unseeded sampling once drew a reply the output guard flagged as medical
         ],
         input="hello there\nI want to kill myself\n",
         capture_output=True,

@@ -121,7 +121,9 @@ def _cmd_chat(args: argparse.Namespace) -> int:
         "Loading models (the first run converts the embedded model, about a minute)...",
         file=sys.stderr,
     )
-    config = PipelineConfig(generation=GenerationConfig(max_new_tokens=args.max_new_tokens))
+    config = PipelineConfig(
+        generation=GenerationConfig(max_new_tokens=args.max_new_tokens, seed=args.seed)
+    )
     companion = Companion.from_defaults(
         "memory" if args.memory else "sqlite",
         model=args.model,
@@ -219,6 +221,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--adapter", default="shipped", help="PEFT adapter dir; 'shipped' (default) or 'none'"
     )
     chat.add_argument("--max-new-tokens", type=int, default=160)
+    chat.add_argument(
+        "--seed", type=int, default=None, help="sampling seed for reproducible replies (in-process)"
+    )
     chat.add_argument("--server", default=None, help="chat through a gRPC server at HOST:PORT")
     chat.add_argument(
         "--api-key", default=None, help="with --server: API key (default: $COMPANION_API_KEY)"
