@@ -82,6 +82,12 @@ class Args:
         default=0.95, metadata={"help": "val precision kept while lowering the medical threshold"}
     )
     assistant_crisis_recall: float = field(default=0.90, metadata={"help": "replies, crisis"})
+    first_risk_turns: bool = field(
+        default=False,
+        metadata={
+            "help": "user crisis/risk floors count conversation turns only up to the first risk turn"
+        },
+    )
     install: bool = field(default=False, metadata={"help": "copy the artifact into the package"})
     version: str = field(default="3.4", metadata={"help": "policy version prefix"})
 
@@ -221,6 +227,9 @@ def main(args: Args) -> None:
         thresholds[role.value] = {}
         for j, label in enumerate(LABELS):
             clean = np.isin(sources, list(CLEAN[(role.value, label)])) & (y[:, j] == 1)
+            if args.first_risk_turns and role is Role.USER:
+                # later turns of a conversation take their label from it, not from their text
+                clean &= np.array([r["source"] != "dialogues" or r["own_label"] for r in rows])
             if label == "crisis":
                 floor = args.crisis_recall if role is Role.USER else args.assistant_crisis_recall
                 t = recall_threshold(per_message_min(rows, scores[:, j], clean), floor)
@@ -277,6 +286,7 @@ def main(args: Args) -> None:
             "calibration": {
                 "crisis_recall_floor": args.crisis_recall,
                 "catch_rate_floor": args.catch_rate,
+                "first_risk_turns": args.first_risk_turns,
                 "assistant_catch_rate_floor": args.assistant_catch_rate,
                 "assistant_crisis_recall_floor": args.assistant_crisis_recall,
                 "medical_recall_floor": args.medical_recall,
