@@ -85,7 +85,7 @@ class Args:
     first_risk_turns: bool = field(
         default=False,
         metadata={
-            "help": "user crisis/risk floors count conversation turns only up to the first risk turn"
+            "help": "user crisis/risk floors: conversation turns up to the first risk turn only"
         },
     )
     install: bool = field(default=False, metadata={"help": "copy the artifact into the package"})

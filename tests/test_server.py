@@ -13,7 +13,15 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from structlog.testing import capture_logs
 
-from companion import Action, Category, Companion, InvalidArgument, Role, SessionNotFound
+from companion import (
+    Action,
+    Category,
+    Companion,
+    Decision,
+    InvalidArgument,
+    Role,
+    SessionNotFound,
+)
 from companion._proto.companion.v1 import companion_pb2 as pb
 from companion._proto.companion.v1 import companion_pb2_grpc as pb_grpc
 from companion.client import AsyncCompanionClient, Replaced, TextDelta, TurnDone
@@ -175,6 +183,25 @@ def test_crisis_message_gets_the_resource_reply(served):
     assert r.category is Category.CRISIS and r.action is Action.REDIRECTED
     assert "116 123" in r.text and any(x.name == "Samaritans" for x in r.resources)
     assert r.output_verdict is None and r.verdict is not None and r.verdict.scores["crisis"] > 0.5
+
+
+def test_check_in_round_trips_through_grpc_and_its_answer_redirects(served):
+    server, _ = served
+    sid = server.client.create_session(locale="en-GB")
+    r = server.client.send(sid, "RISK i just want to disappear")
+    assert (r.action, r.category) == (Action.CHECKED_IN, Category.CRISIS)
+    assert r.verdict is not None and r.verdict.decision is Decision.CHECK_IN
+    assert [x.name for x in r.resources] == ["Samaritans"] and "Are you having" in r.text
+    assert server.client.history(sid)[-1].action is Action.CHECKED_IN
+    answer = server.client.send(sid, "RISK idk maybe")  # still unsure after the question
+    assert answer.action is Action.REDIRECTED and "116 123" in answer.text
+    url = f"http://127.0.0.1:{server.server.metrics_port}/metrics"
+    body = urllib.request.urlopen(url, timeout=5).read().decode()
+    assert 'companion_turns_total{action="checked_in",category="crisis"}' in body
+    assert (
+        'companion_guard_decisions_total{category="crisis",decision="check_in",direction="input"}'
+        in body
+    )
 
 
 def test_stream_replaced_by_output_guard_says_so(served):

@@ -20,7 +20,18 @@ from .errors import (
 )
 from .pipeline import Pipeline, StreamEvent, TextDelta, TurnDone
 from .resources import ResourceCatalogue
-from .types import Action, Category, Direction, Reply, Resource, Role, SessionInfo, Turn, Verdict
+from .types import (
+    Action,
+    Category,
+    Decision,
+    Direction,
+    Reply,
+    Resource,
+    Role,
+    SessionInfo,
+    Turn,
+    Verdict,
+)
 
 __version__ = "0.1.0"
 
@@ -31,6 +42,7 @@ __all__ = [
     "Companion",
     "CompanionError",
     "DeadlineExceeded",
+    "Decision",
     "Direction",
     "GenerationConfig",
     "InvalidArgument",
