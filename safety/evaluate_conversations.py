@@ -10,7 +10,10 @@ Reports, with bootstrap intervals over conversations:
 - benign conversations: per-turn check-in and redirect rates, share never interrupted;
 - risk conversations: share caught (check-in or redirect) at the turn where risk first appears,
   how late otherwise; turns labelled crisis redirected at once, caught at all; check-in turns
-  caught; medical turns redirected.
+  caught; medical turns redirected;
+- the ship rule's catch rate: the share of distinct clean crisis and check-in messages of the
+  split (each at its lowest over the rows that end with it, as ``calibrate.py`` counts) that
+  are checked in or redirected as crisis.
 
 Usage:
     python safety/evaluate_conversations.py --run_dir runs/triage1 [--split val]
@@ -39,7 +42,7 @@ from _common import (
 from companion._triage import apply_triage, triage_state
 from companion.safety import ClassifyItem, SafetyClassifier, encoder_inputs
 from companion.safety.artifact import encoder_adapter_dir, load_artifact
-from companion.types import Action, Decision, Role, Turn
+from companion.types import Action, Category, Decision, Role, Turn
 
 
 @dataclass
@@ -78,6 +81,33 @@ def play(clf: SafetyClassifier, turns: list[dict[str, Any]], args: Args) -> list
             ),
         ]
     return decisions
+
+
+def catch_rate(clf: SafetyClassifier, run: Path, args: Args) -> dict[str, Any]:
+    """The ship rule's catch rate on the split's distinct clean crisis and check-in messages."""
+    from calibrate import CLEAN, per_message_min
+
+    rows = [
+        r
+        for r in read_jsonl(run / "splits" / f"{args.split}.jsonl")
+        if r["role"] == "user"
+        and r["source"] in CLEAN[("user", "risk")]
+        and r["label"] in ("crisis", "check_in")
+    ]
+    items = [
+        ClassifyItem(r["text"], Role.USER, tuple(r.get("context", ())), r.get("last_assistant", ""))
+        for r in rows
+    ]
+    caught = np.array(
+        [float(v.fired and v.category is Category.CRISIS) for v in clf.classify_batch(items)]
+    )
+    distinct = per_message_min(rows, caught, np.ones(len(rows), dtype=bool))
+    banner(f"messages ({args.split})")
+    print(
+        f"  catch rate, distinct clean crisis + check-in messages: {distinct.mean():.4f}"
+        f" of {len(distinct)}"
+    )
+    return {"catch_rate_distinct": {"n": len(distinct), "mean": round(float(distinct.mean()), 4)}}
 
 
 def interval(values: np.ndarray, groups: np.ndarray, args: Args) -> tuple[float, float, float]:
@@ -158,6 +188,7 @@ def main(args: Args) -> None:
                 stats["risk_conv_none_turn_interrupted"].append(
                     (float(d is not Decision.NONE), cid)
                 )
+    messages = catch_rate(clf, run, args)
     cache.save()
 
     banner(
@@ -170,6 +201,7 @@ def main(args: Args) -> None:
         mean, lo, hi = interval(values, groups, args)
         out[name] = {"n": len(values), "mean": round(mean, 4), "ci": [round(lo, 4), round(hi, 4)]}
         print(f"  {name:34s} n={len(values):5d}  {mean:.3f} [{lo:.3f}, {hi:.3f}]")
+    out.update(messages)
     lateness = [x for x in late if x is not None]
     out["risk_lateness"] = {
         "never_caught": sum(x is None for x in late),

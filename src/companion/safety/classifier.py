@@ -282,7 +282,7 @@ class SafetyClassifier:
         def reached(label: str) -> bool:
             return (
                 label in thresholds
-                and float(row[self.head.labels.index(label)]) >= (thresholds[label])
+                and float(row[self.head.labels.index(label)]) >= thresholds[label]
             )
 
         # crisis redirects; a medical request redirects to health resources; else possible risk
