@@ -182,15 +182,34 @@ def features(rows: Sequence[dict[str, Any]], role: str, cache: EmbeddingCache, p
     )
 
 
+def cross_reader_for(policy: Any, artifact: str | Path | None) -> Any:
+    """The cross-encoder of the artifact folder ``artifact`` (``None``: the shipped one) on the
+    base encoder, or ``None`` when the policy reads users with the embedding head."""
+    from companion.models.encoder import EMBEDDED_ENCODER, load_encoder
+    from companion.safety.artifact import cross_dir
+    from companion.safety.cross import load_cross_reader
+
+    folder = cross_dir(policy, artifact)
+    if folder is None:
+        return None
+    base = load_encoder(None if policy.encoder == EMBEDDED_ENCODER else policy.encoder)
+    return load_cross_reader(base, folder, policy.cross_temperature)
+
+
 def classifier_scores(
-    rows: Sequence[dict[str, Any]], role: str, cache: EmbeddingCache, head: Any, policy: Any
+    rows: Sequence[dict[str, Any]],
+    role: str,
+    cache: EmbeddingCache,
+    head: Any,
+    policy: Any,
+    cross: Any = None,
 ) -> np.ndarray:
     """Scores from the runtime :class:`SafetyClassifier` (context rule included), on cached
-    embeddings."""
+    embeddings; user rows through the policy's cross-encoder ``cross`` when it has one."""
     from companion.safety import ClassifyItem, SafetyClassifier
     from companion.types import Role
 
-    clf = SafetyClassifier(cache, head, policy)
+    clf = SafetyClassifier(cache, head, policy, cross)
     items = [
         ClassifyItem(
             r["text"], Role(role), tuple(r.get("context", ())), r.get("last_assistant", "")

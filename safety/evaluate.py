@@ -34,6 +34,7 @@ from _common import (
     banner,
     cache_path,
     classifier_scores,
+    cross_reader_for,
     load_encoder_for,
     parse_args,
     read_jsonl,
@@ -165,6 +166,7 @@ def main(args: Args) -> None:
         policy.encoder_quantization,
     )
     cache = EmbeddingCache(encoder, cache_path(run, encoder.name))
+    cross = cross_reader_for(policy, args.artifact or None)
     out_dir = run / "eval"
     out_dir.mkdir(parents=True, exist_ok=True)
 
@@ -185,12 +187,16 @@ def main(args: Args) -> None:
     for role in Role:
         part = [i for i, r in enumerate(rows) if r["role"] == role.value]
         if part:
-            scores = classifier_scores([rows[i] for i in part], role.value, cache, head, policy)
+            scores = classifier_scores(
+                [rows[i] for i in part], role.value, cache, head, policy, cross
+            )
             for i, s in zip(part, scores, strict=True):
                 rows[i]["scores"] = s
         by_role[role.value] = np.array(part)
     with_ctx = [r for r in rows if r["role"] == "user" and r.get("context")]
-    alone = classifier_scores([{**r, "context": []} for r in with_ctx], "user", cache, head, policy)
+    alone = classifier_scores(
+        [{**r, "context": []} for r in with_ctx], "user", cache, head, policy, cross
+    )
     for r, s in zip(with_ctx, alone, strict=True):
         r["alone"] = s
     cache.save()

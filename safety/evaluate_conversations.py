@@ -34,6 +34,7 @@ from _common import (
     EmbeddingCache,
     banner,
     cache_path,
+    cross_reader_for,
     load_encoder_for,
     parse_args,
     read_jsonl,
@@ -137,7 +138,7 @@ def main(args: Args) -> None:
         "embedded", adapter, policy.encoder_layers, policy.encoder_quantization
     )
     cache = EmbeddingCache(encoder, cache_path(run, encoder.name))
-    clf = SafetyClassifier(cache, head, policy)
+    clf = SafetyClassifier(cache, head, policy, cross_reader_for(policy, folder))
     print(f"policy {policy.policy_version}; split {args.split}")
 
     rows = [

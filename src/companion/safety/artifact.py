@@ -26,6 +26,7 @@ from .normalize import NORMALIZATION_VERSION
 __all__ = [
     "DEFAULT_ARTIFACT",
     "Policy",
+    "cross_dir",
     "default_artifact_dir",
     "encoder_adapter_dir",
     "load_artifact",
@@ -69,6 +70,14 @@ class Policy:
         ngram_scale: Weight of the n-gram block relative to the unit-norm embeddings.
         answer_features: User messages that answer the companion's check-in get feature
             blocks of their own (``features.feature_blocks``); the head must have them.
+        user_reader: ``"embedding"``: user messages are scored by the head on the encoder's
+            embeddings, like replies; ``"cross"``: by the cross-encoder in ``cross_dir``
+            (``cross.py``), whose probabilities give the user-side ``crisis``, ``medical``
+            and ``risk`` scores. The head then scores replies only, on ``crisis`` and
+            ``medical`` (``head_labels``).
+        cross_dir: Folder, relative to the artifact, of the cross-encoder (a LoRA adapter on
+            the base encoder and ``head.npz``); set exactly when ``user_reader`` is ``"cross"``.
+        cross_temperature: The cross-encoder's logits are divided by it (fitted on validation).
         training: Free-form provenance (data hash, seed, sizes, hyperparameters).
     """
 
@@ -87,7 +96,20 @@ class Policy:
     ngram_buckets: int = 0
     ngram_scale: float = 2.0
     answer_features: bool = False
+    user_reader: str = "embedding"
+    cross_dir: str = ""
+    cross_temperature: float = 1.0
     training: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def head_labels(self) -> tuple[str, ...]:
+        """The labels of the embedding head (all labels, unless users are read by the
+        cross-encoder: then the head scores replies on crisis and medical)."""
+        return ("crisis", "medical") if self.user_reader == "cross" else self.labels
+
+    def role_labels(self, role: Role) -> tuple[str, ...]:
+        """The labels scored (and thresholded) for messages of ``role``."""
+        return self.labels if role is Role.USER else self.head_labels
 
     def __post_init__(self) -> None:
         if self.user_features not in USER_FEATURES:
@@ -113,9 +135,17 @@ class Policy:
                 f"context_turns={self.context_turns}, context_max_words="
                 f"{self.context_max_words}: need turns >= 0 and words >= 1"
             )
+        if self.user_reader not in ("embedding", "cross"):
+            raise ValueError(f"user_reader={self.user_reader!r}; expected 'embedding' or 'cross'")
+        if (self.user_reader == "cross") != bool(self.cross_dir):
+            raise ValueError("set cross_dir exactly when user_reader is 'cross'")
+        if self.user_reader == "cross" and set(self.labels) != {"crisis", "medical", "risk"}:
+            raise ValueError(f"labels={self.labels}: a cross-encoder policy scores all three")
+        if self.cross_temperature <= 0:
+            raise ValueError(f"cross_temperature={self.cross_temperature}: need > 0")
         for role in Role:
             got = self.thresholds.get(role.value, {})
-            missing = set(self.labels) - set(got)
+            missing = set(self.role_labels(role)) - set(got)
             if missing:
                 raise ValueError(f"thresholds[{role.value!r}] lacks labels {sorted(missing)}")
             bad = {k: v for k, v in got.items() if not 0.0 <= float(v) <= 1.0}
@@ -177,7 +207,7 @@ def load_artifact(directory: str | Path | None = None) -> tuple[LinearHead, Poli
     folder = default_artifact_dir() if directory is None else Path(directory)
     try:
         policy = Policy.from_json(json.loads((folder / "policy.json").read_text("utf-8")))
-        head = LinearHead.load(folder / "head.npz", policy.labels)
+        head = LinearHead.load(folder / "head.npz", policy.head_labels)
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise ModelLoadError(f"could not load safety artifact from {folder}: {exc}") from exc
     return head, policy
@@ -197,4 +227,20 @@ def encoder_adapter_dir(policy: Policy, directory: str | Path | None = None) -> 
     )
     if not (folder / "adapter_model.safetensors").is_file():
         raise ModelLoadError(f"safety artifact names encoder adapter {folder}, which is missing")
+    return folder
+
+
+def cross_dir(policy: Policy, directory: str | Path | None = None) -> Path | None:
+    """The cross-encoder folder of the artifact in ``directory`` (default: the shipped one), or
+    ``None`` when users are read by the embedding head.
+
+    Raises:
+        ModelLoadError: the policy names a cross-encoder that is not in the folder.
+    """
+    if policy.user_reader != "cross":
+        return None
+    folder = (default_artifact_dir() if directory is None else Path(directory)) / policy.cross_dir
+    for name in ("adapter_config.json", "adapter_model.safetensors", "head.npz"):
+        if not (folder / name).is_file():
+            raise ModelLoadError(f"safety artifact's cross-encoder {folder} lacks {name}")
     return folder

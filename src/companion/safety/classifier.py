@@ -23,7 +23,9 @@ import numpy as np
 from ..errors import ModelLoadError
 from ..protocols import Encoder
 from ..types import Category, Decision, Direction, Role, Verdict
-from .artifact import Policy, encoder_adapter_dir, load_artifact
+from .artifact import Policy, cross_dir, encoder_adapter_dir, load_artifact
+from .cross import CrossReader, load_cross_reader, pair_texts
+from .cross import scores as cross_scores
 from .features import build_features, feature_blocks
 from .heads import FloatArray, Head, LinearHead
 from .normalize import normalize
@@ -91,6 +93,8 @@ class SafetyClassifier:
         encoder: Produces L2-normalised sentence embeddings.
         head: Turns feature rows into per-label scores, per role.
         policy: Labels, thresholds per role, context policy and version.
+        cross: The cross-encoder that reads user messages, exactly when the policy's
+            ``user_reader`` is ``"cross"`` (the head then scores replies only).
 
     Example:
         >>> clf = SafetyClassifier.from_defaults()
@@ -102,12 +106,19 @@ class SafetyClassifier:
         <Category.CRISIS: 'crisis'>
     """
 
-    def __init__(self, encoder: Encoder, head: Head, policy: Policy) -> None:
-        if set(head.labels) != set(policy.labels):
-            raise ValueError(f"head labels {head.labels} differ from policy {policy.labels}")
+    def __init__(
+        self, encoder: Encoder, head: Head, policy: Policy, cross: CrossReader | None = None
+    ) -> None:
+        if set(head.labels) != set(policy.head_labels):
+            raise ValueError(f"head labels {head.labels} differ from policy {policy.head_labels}")
+        if (cross is not None) != (policy.user_reader == "cross"):
+            raise ValueError(f"user_reader={policy.user_reader!r}: pass cross exactly for 'cross'")
         self.encoder = encoder
         self.head = head
         self.policy = policy
+        self.cross = cross
+        self.labels: tuple[str, ...] = tuple(policy.labels) if cross else tuple(head.labels)
+        """Column order of :meth:`score_batch`."""
         self.policy_version = policy.policy_version
 
     @classmethod
@@ -140,6 +151,10 @@ class SafetyClassifier:
                 f"the safety head was trained on encoder {policy.encoder!r}, not {name!r}; "
                 "train a head for this encoder with the safety/ scripts and pass artifact="
             )
+        cross = None
+        folder = cross_dir(policy, artifact)
+        if folder is not None:  # from the base encoder, before the head's encoder is shaped
+            cross = load_cross_reader(encoder, folder, policy.cross_temperature)
         from .encoding import guard_encoder
 
         encoder = guard_encoder(
@@ -148,7 +163,7 @@ class SafetyClassifier:
             adapter=adapter,
             quantization=policy.encoder_quantization,
         )
-        return cls(encoder, head, policy)
+        return cls(encoder, head, policy, cross)
 
     @property
     def thresholds(self) -> dict[str, dict[str, float]]:
@@ -183,7 +198,36 @@ class SafetyClassifier:
         return [self._verdict(row, item) for row, item in zip(scores, items, strict=True)]
 
     def score_batch(self, items: Sequence[ClassifyItem]) -> FloatArray:
-        """Raw scores of shape ``(len(items), len(labels))``, columns in ``head.labels`` order.
+        """Raw scores of shape ``(len(items), len(self.labels))``.
+
+        Policies with a cross-encoder score user messages with it (one forward pass over the
+        text pairs) and replies with the head (risk column 0). Otherwise, see
+        :meth:`_head_scores`.
+        """
+        if self.cross is None:
+            return self._head_scores(items)
+        out = np.zeros((len(items), len(self.labels)), dtype=np.float32)
+        users = [i for i, item in enumerate(items) if Role(item.role) is Role.USER]
+        others = [i for i in range(len(items)) if i not in set(users)]
+        if users:
+            pairs = [
+                pair_texts(
+                    items[i].text,
+                    items[i].context,
+                    items[i].answers_check_in,
+                    self.policy.context_turns,
+                )
+                for i in users
+            ]
+            out[users] = cross_scores(self.cross.probabilities(pairs), self.labels)
+        if others:
+            head = self._head_scores([items[i] for i in others])
+            for j, label in enumerate(self.head.labels):
+                out[others, self.labels.index(label)] = head[:, j]
+        return out
+
+    def _head_scores(self, items: Sequence[ClassifyItem]) -> FloatArray:
+        """Head scores of shape ``(len(items), len(head.labels))``.
 
         For a user message with context, up to three texts are scored: the newest message
         alone (``alone``), the window ending with it (``full``) and the window without it
@@ -273,16 +317,16 @@ class SafetyClassifier:
     def _verdict(self, row: FloatArray, item: ClassifyItem) -> Verdict:
         role = Role(item.role)
         thresholds = dict(self.policy.thresholds[role.value])
-        by_label = {
-            label: round(float(s), 4) for label, s in zip(self.head.labels, row, strict=True)
-        }
+        labels = self.policy.role_labels(role) if self.cross else self.labels
+        by_label = {label: round(float(row[self.labels.index(label)]), 4) for label in labels}
         if role is Role.ASSISTANT:  # generated text never raises risk topics (topics.py)
             by_label["risk_topic"] = float(raises_risk_topic(item.text))
 
         def reached(label: str) -> bool:
             return (
                 label in thresholds
-                and float(row[self.head.labels.index(label)]) >= thresholds[label]
+                and label in labels
+                and float(row[self.labels.index(label)]) >= thresholds[label]
             )
 
         # crisis redirects; a medical request redirects to health resources; else possible risk

@@ -65,6 +65,10 @@ class LinearHead:
                 raise ValueError(f"bias for role {Role(role).value!r} has shape {b_arr.shape}")
             self._weights[Role(role)] = (w_arr, b_arr)
 
+    def restricted(self, roles: Sequence[Role]) -> LinearHead:
+        """The same head with the weights of ``roles`` only."""
+        return LinearHead({r: self._weights[Role(r)] for r in roles}, self.labels)
+
     def n_features(self, role: Role) -> int:
         """Width of the feature rows this head expects for ``role``."""
         return int(self._weights[Role(role)][0].shape[0])

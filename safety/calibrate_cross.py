@@ -1,0 +1,175 @@
+"""Policy 5, step 2 of 2: calibrate the cross-encoder on validation and write the artifact.
+
+Reads ``{run_dir}/cross/`` from ``train_cross.py``. The rule was written in the classifier card
+("Round 10 rule") before any of these numbers:
+
+1. the epoch with the highest validation risk AUPRC (``val_logits_e*.npz``);
+2. a temperature fitted by validation log-loss over the four classes;
+3. the medical threshold: the highest that keeps ``--medical_recall`` of the distinct clean
+   medical messages;
+4. the crisis threshold: the highest that redirects ``--crisis_redirect`` of the distinct clean
+   crisis messages at once;
+5. the risk (check-in) threshold: the highest at which ``--catch_rate`` of the distinct clean
+   crisis and check-in messages are caught (redirected as crisis or checked in; a medical
+   redirect does not count, as in ``evaluate_conversations.py``).
+
+Replies keep the reply side of the artifact ``--reply_artifact`` (default: the shipped one):
+its head's assistant weights, its encoder adapter and its assistant thresholds. Writes
+``{run_dir}/artifact_cross/`` (``--install`` copies it over the shipped artifact).
+
+Usage:
+    python safety/calibrate_cross.py --run_dir runs/x1 [--version 5.0] [--install]
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from _common import DEFAULT_RUN_DIR, banner, parse_args
+from calibrate import _USER_RISK, CLEAN, INSTALL_DIR, per_message_min, recall_threshold
+from train_cross import user_rows, val_summary
+
+from companion.safety import Policy, load_artifact
+from companion.safety.artifact import encoder_adapter_dir
+from companion.safety.cross import CLASSES
+from companion.types import Role
+
+
+@dataclass
+class Args:
+    run_dir: str = field(default=DEFAULT_RUN_DIR, metadata={"help": "folder of train_cross.py"})
+    version: str = field(default="5.0", metadata={"help": "policy version (data hash appended)"})
+    catch_rate: float = field(default=0.971, metadata={"help": "crisis + check-in caught"})
+    crisis_redirect: float = field(default=0.95, metadata={"help": "crisis redirected at once"})
+    medical_recall: float = field(default=0.95, metadata={"help": "medical recall floor"})
+    reply_artifact: str = field(default="", metadata={"help": "reply side (empty: shipped)"})
+    exclude: str = field(default="cssrs", metadata={"help": "as train_cross.py"})
+    install: bool = field(default=False, metadata={"help": "copy over the shipped artifact"})
+
+
+def softmax(z: np.ndarray) -> np.ndarray:
+    e = np.exp(z - z.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def fit_temperature(logits: np.ndarray, y: np.ndarray) -> float:
+    """The temperature minimising mean log-loss (golden-section search on log T)."""
+
+    def nll(log_t: float) -> float:
+        p = softmax(logits / np.exp(log_t))
+        return float(-np.log(np.clip(p[np.arange(len(y)), y], 1e-12, None)).mean())
+
+    lo, hi = -3.0, 3.0
+    g = (np.sqrt(5) - 1) / 2
+    for _ in range(60):
+        a, b = hi - g * (hi - lo), lo + g * (hi - lo)
+        if nll(a) < nll(b):
+            hi = b
+        else:
+            lo = a
+    return float(np.exp((lo + hi) / 2))
+
+
+def main(args: Args) -> None:
+    run = Path(args.run_dir)
+    cross = run / "cross"
+    excluded = {s for s in args.exclude.split(",") if s}
+    val = user_rows(run / "splits" / "val.jsonl", excluded)
+    epochs = sorted(int(p.stem.split("_e")[-1]) for p in cross.glob("val_logits_e*.npz"))
+    banner("epochs (validation AUPRC)")
+    best, best_ap = 0, -1.0
+    for e in epochs:
+        summary = val_summary(np.load(cross / f"val_logits_e{e}.npz")["logits"], val)
+        print(f"  epoch {e}: {summary}")
+        if summary["risk"] > best_ap:
+            best, best_ap = e, summary["risk"]
+    logits = np.load(cross / f"val_logits_e{best}.npz")["logits"]
+    if len(logits) != len(val):
+        raise SystemExit(f"{len(logits)} logits for {len(val)} validation rows: rerun training")
+    y = np.array([CLASSES.index(r["label"]) for r in val])
+    temperature = fit_temperature(logits, y)
+    p = softmax(logits / temperature)
+    crisis, medical = p[:, CLASSES.index("crisis")], p[:, CLASSES.index("medical")]
+    risk = p[:, CLASSES.index("check_in")] + crisis
+    print(f"  chosen epoch {best}; temperature {temperature:.3f}")
+
+    sources = np.array([r["source"] for r in val])
+    labels = np.array([r["label"] for r in val])
+    medical_pos = np.isin(sources, list(CLEAN[("user", "medical")])) & (labels == "medical")
+    t_medical = recall_threshold(per_message_min(val, medical, medical_pos), args.medical_recall)
+    clean = np.isin(sources, list(_USER_RISK))
+    t_crisis = recall_threshold(
+        per_message_min(val, crisis, clean & (labels == "crisis")), args.crisis_redirect
+    )
+    caught = np.where(crisis >= t_crisis, 1.0, np.where(medical >= t_medical, 0.0, risk))
+    t_risk = recall_threshold(
+        per_message_min(val, caught, clean & np.isin(labels, ["crisis", "check_in"])),
+        args.catch_rate,
+    )
+    thresholds = {
+        "crisis": round(t_crisis, 6),
+        "medical": round(t_medical, 6),
+        "risk": round(t_risk, 6),
+    }
+    banner("user thresholds")
+    print(f"  {thresholds}")
+
+    reply_folder = args.reply_artifact or None
+    head, reply_policy = load_artifact(reply_folder)
+    out = run / "artifact_cross"
+    shutil.rmtree(out, ignore_errors=True)
+    (out / "cross").mkdir(parents=True)
+    for name in ("adapter_config.json", "adapter_model.safetensors"):
+        shutil.copyfile(cross / f"adapter_e{best}" / name, out / "cross" / name)
+    shutil.copyfile(cross / f"head_e{best}.npz", out / "cross" / "head.npz")
+    adapter = encoder_adapter_dir(reply_policy, reply_folder)
+    if adapter is not None:
+        shutil.copytree(adapter, out / reply_policy.encoder_adapter)
+    head.restricted([Role.ASSISTANT]).save(out / "head.npz")
+    report = json.loads((cross / "report.json").read_text("utf-8"))
+    manifest = json.loads((run / "manifest.json").read_text("utf-8"))
+    policy = Policy(
+        policy_version=f"{args.version}+{manifest['train_hash'][:8]}",
+        labels=("crisis", "medical", "risk"),
+        thresholds={"user": thresholds, "assistant": dict(reply_policy.thresholds["assistant"])},
+        encoder=reply_policy.encoder,
+        encoder_adapter=reply_policy.encoder_adapter,
+        encoder_layers=reply_policy.encoder_layers,
+        encoder_quantization=reply_policy.encoder_quantization,
+        context_turns=report["context_turns"],
+        context_max_words=reply_policy.context_max_words,
+        user_features=reply_policy.user_features,
+        context_rule=reply_policy.context_rule,
+        ngram_buckets=reply_policy.ngram_buckets,
+        ngram_scale=reply_policy.ngram_scale,
+        user_reader="cross",
+        cross_dir="cross",
+        cross_temperature=round(temperature, 4),
+        training={
+            "cross_encoder": {**report, "epoch": best},
+            "calibration": {
+                "catch_rate": args.catch_rate,
+                "crisis_redirect": args.crisis_redirect,
+                "medical_recall": args.medical_recall,
+                "temperature": round(temperature, 4),
+            },
+            "replies": f"policy {reply_policy.policy_version}",
+            "train_hash": manifest["train_hash"],
+        },
+    )
+    (out / "policy.json").write_text(
+        json.dumps(policy.to_json(), indent=2, sort_keys=True) + "\n", encoding="utf-8"
+    )
+    print(f"\nwrote {out} (policy {policy.policy_version})")
+    if args.install:
+        shutil.rmtree(INSTALL_DIR, ignore_errors=True)
+        shutil.copytree(out, INSTALL_DIR)
+        print(f"installed into {INSTALL_DIR}")
+
+
+if __name__ == "__main__":
+    main(parse_args(Args))
