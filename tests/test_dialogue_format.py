@@ -30,11 +30,13 @@ SENTENCES = [
     "That sounds painful. What would you like to say to your friend?",
     SYSTEM_PROMPT,
 ]
-# Phi-3 Mini's chat template: no system default, and EOS after the whole conversation.
+# Phi-3 Mini's chat template (microsoft/Phi-3-mini-4k-instruct): EOS after a whole conversation.
 PHI3_TEMPLATE = (
-    "{% for message in messages %}"
-    "{{ '<|' + message['role'] + '|>\n' + message['content'] + '<|end|>\n' }}"
-    "{% endfor %}"
+    "{% for message in messages %}{% if message['role'] == 'system' and message['content'] %}"
+    "{{'<|system|>\n' + message['content'] + '<|end|>\n'}}"
+    "{% elif message['role'] == 'user' %}{{'<|user|>\n' + message['content'] + '<|end|>\n'}}"
+    "{% elif message['role'] == 'assistant' %}"
+    "{{'<|assistant|>\n' + message['content'] + '<|end|>\n'}}{% endif %}{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% else %}{{ eos_token }}{% endif %}"
 )
 
@@ -144,6 +146,12 @@ def training_module(name: str):
         sys.path.pop(0)
 
 
+def trained_text(tok, enc: dict[str, list[int]], ignore: int) -> str:
+    """The text of the tokens the loss covers."""
+    ids = enc["input_ids"]
+    return tok.decode([i for i, lab in zip(ids, enc["labels"], strict=True) if lab != ignore])
+
+
 def test_training_masks_only_the_replies_in_the_dialogue_format(tiny_dialogpt: Path):
     common = training_module("common")
     _, tok = load_causal_lm(tiny_dialogpt, device="cpu")
@@ -159,9 +167,10 @@ def test_training_masks_only_the_replies_in_the_dialogue_format(tiny_dialogpt: P
         f"{SYSTEM_PROMPT}{EOS}I feel anxious.{EOS}What worries you most?{EOS}"
         f"The exams.{EOS}That sounds heavy.{EOS}"
     )
-    trained = [i if lab != common.IGNORE_INDEX else None for i, lab in zip(*enc.values())]
-    spans = tok.decode([i for i in trained if i is not None])
-    assert spans == f"What worries you most?{EOS}That sounds heavy.{EOS}"
+    assert (
+        trained_text(tok, enc, common.IGNORE_INDEX)
+        == f"What worries you most?{EOS}That sounds heavy.{EOS}"
+    )
 
 
 def test_training_handles_a_template_that_closes_the_conversation_with_eos():
@@ -178,8 +187,7 @@ def test_training_handles_a_template_that_closes_the_conversation_with_eos():
     ]
     enc = common.encode_chat(tok, messages, max_length=512)
     assert enc is not None
-    trained = tok.decode([i for i, lab in zip(*enc.values()) if lab != common.IGNORE_INDEX])
-    assert trained == f"hello<|end|>\ntake care<|end|>\n{EOS}"
+    assert trained_text(tok, enc, common.IGNORE_INDEX) == f"hello<|end|>\ntake care<|end|>\n{EOS}"
     end = tok.convert_tokens_to_ids("<|end|>")
     assert stop_token_ids(tok) == sorted({tok.eos_token_id, end})
 
