@@ -13,10 +13,17 @@ from pathlib import Path
 import pytest
 
 from companion._eval_cmd import find_checkout, script_command
-from companion.cli import main
+from companion.cli import build_parser
 from companion.models import shipped_adapter_path
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def main(argv: list[str]) -> int:
+    """``companion`` in-process without ``cli.main``'s logging setup: structlog would keep
+    writing to this test's captured stderr after it is closed."""
+    args = build_parser().parse_args(argv)
+    return int(args.func(args))
 
 
 def companion_cli(*args: str, cwd: Path = ROOT, pythonpath: Path | None = None):
