@@ -29,7 +29,7 @@ def run(*args: str, timeout: int = 900) -> subprocess.CompletedProcess[str]:
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("sft-data")
-    run(
+    proc = run(
         "training/prepare_data.py",
         "--data_dir",
         str(FIXTURES / "shared-data"),
@@ -42,6 +42,7 @@ def data(tmp_path_factory) -> Path:
         "--seed",
         "3",
     )
+    (out / "prepare_stderr.txt").write_text(proc.stderr)
     return out
 
 
@@ -50,6 +51,9 @@ def test_prepare_cleans_splits_and_reports(data: Path):
     splits = stats["splits"]
     assert splits["train"]["examples"] >= 4 and splits["test"]["examples"] >= 1
     assert stats["filters"]["advert_sentences_removed_from_answers"] == 1
+    progress = (data / "prepare_stderr.txt").read_text()  # stages and counts on stderr
+    assert "[prepare_data] counsel-chat:" in progress and "guard filter" in progress
+    assert "checking" in progress and "example" in progress
     groups = {
         name: {json.loads(line)["group"] for line in (data / f"{name}.jsonl").open()}
         for name in ("train", "validation", "test")
@@ -127,7 +131,7 @@ def test_saved_adapter_loads_and_changes_the_output(trained: Path):
 
 
 def test_evaluate_compares_base_and_tuned(data: Path, trained: Path, tmp_path: Path):
-    run(
+    proc = run(
         "training/evaluate.py",
         "--adapter",
         str(trained / "adapter"),
@@ -149,6 +153,8 @@ def test_evaluate_compares_base_and_tuned(data: Path, trained: Path, tmp_path: P
         m = metrics[name]
         assert m["replies"] == 3 and m["perplexity"] > 1
         assert 0 <= m["ended_on_own"] <= 1 and 0 <= m["guard_flagged"] <= 1
+    assert metrics["prompts"] == {"fixed": 2, "distinct_test_conversations": 1}
+    assert "[evaluate] base: perplexity" in proc.stderr and "tuned: generating" in proc.stderr
     report = (tmp_path / "report.md").read_text()
     assert "| metric | base | tuned | target |" in report and "**User:**" in report
 

@@ -1,5 +1,5 @@
 """Helpers shared by the training scripts: chat formatting with the service's system prompt and
-loss masks on the assistant tokens only."""
+its rendering (``companion.models.render_chat``), and loss masks on the assistant tokens only."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from companion.models import render_chat
 from companion.prompts import SYSTEM_PROMPT
 
 IGNORE_INDEX = -100
@@ -28,27 +29,38 @@ def encode_chat(
 ) -> dict[str, list[int]] | None:
     """Token ids and labels for one conversation; labels are -100 except on assistant turns.
 
-    The chat template is rendered cumulatively, so this works for any template in which a
-    longer conversation's text starts with the shorter one's (ChatML, Llama, Mistral...).
-    Returns ``None`` when the conversation is longer than ``max_length`` tokens.
+    The text is the service's own rendering (``companion.models.render_chat``): the model's chat
+    template, or for a tokenizer without one (DialoGPT) the EOS-joined dialogue format. Each
+    assistant turn's span starts where the prompt up to it (generation prompt included) ends and
+    ends where the conversation up to it ends; a template that closes a whole conversation with
+    EOS (Phi-3) still works for several assistant turns, the EOS trained on the last. Returns
+    ``None`` when the conversation is longer than ``max_length`` tokens.
     """
     full = with_system(messages)
-    render = tokenizer.apply_chat_template
+    text = render_chat(tokenizer, full, add_generation_prompt=False)
     pieces: list[tuple[str, bool]] = []
-    done = ""
+    done = 0
     for k, message in enumerate(full):
         if message["role"] != "assistant":
             continue
-        prompt = render(full[:k], tokenize=False, add_generation_prompt=True)
-        upto = render(full[: k + 1], tokenize=False)
-        if not prompt.startswith(done) or not upto.startswith(prompt):
+        prompt = render_chat(tokenizer, full[:k], add_generation_prompt=True)
+        upto = render_chat(tokenizer, full[: k + 1], add_generation_prompt=False)
+        if not text.startswith(prompt) or len(prompt) < done:
             raise ValueError("the chat template does not render conversations incrementally")
-        pieces += [(prompt[len(done) :], False), (upto[len(prompt) :], True)]
-        done = upto
+        # Phi-3's template closes a whole conversation with EOS; inside a longer one that
+        # EOS is not there, so the turn ends before it.
+        eos = tokenizer.eos_token or ""
+        if eos and not text.startswith(upto) and upto.endswith(eos):
+            upto = upto[: -len(eos)]
+        if not text.startswith(upto) or len(upto) <= len(prompt):
+            raise ValueError("the chat template does not render conversations incrementally")
+        end = len(upto)
+        pieces += [(text[done : len(prompt)], False), (text[len(prompt) : end], True)]
+        done = end
     input_ids: list[int] = []
     labels: list[int] = []
-    for text, train_on in pieces:
-        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    for piece, train_on in pieces:
+        ids = tokenizer(piece, add_special_tokens=False)["input_ids"]
         input_ids += ids
         labels += ids if train_on else [IGNORE_INDEX] * len(ids)
     if len(input_ids) > max_length or not any(t != IGNORE_INDEX for t in labels):

@@ -2,8 +2,10 @@
 
 Metrics per model: perplexity of the reference answers (assistant tokens of the test split),
 share of replies that end on their own before the token limit, mean reply length, distinct-2,
-and the share of replies our output guard flags. Writes ``metrics.json`` and a markdown report
-with side-by-side sample dialogues.
+and the share of replies our output guard flags. The prompts are the fixed prompt file plus the
+first ``--max_test_prompts`` DISTINCT test conversations (counsel-chat has several answers to
+one question, so the test split repeats prompts). Writes ``metrics.json`` and a markdown report
+with side-by-side sample dialogues; progress and stage names go to stderr.
 
     python training/evaluate.py --adapter runs/sft-smollm2-cpu/adapter --output_dir runs/eval
 """
@@ -23,8 +25,9 @@ from transformers import HfArgumentParser
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import IGNORE_INDEX, encode_chat, read_jsonl, with_system
+from tqdm import tqdm
 
-from companion.models import load_causal_lm
+from companion.models import load_causal_lm, render_chat, stop_token_ids
 from companion.safety import ClassifyItem, SafetyClassifier
 from companion.types import Category, Role
 
@@ -41,16 +44,39 @@ class EvalArguments:
     max_new_tokens: int = field(default=200)
     repetition_penalty: float = field(default=1.15)
     max_test_examples: int | None = field(default=None, metadata={"help": "perplexity subset"})
-    max_test_prompts: int = field(default=30, metadata={"help": "test-split prompts generated"})
+    max_test_prompts: int = field(
+        default=30, metadata={"help": "distinct test-split conversations generated"}
+    )
     batch_size: int = field(default=8)
     samples_in_report: int = field(default=6)
     seed: int = field(default=13)
 
 
+def stage(text: str) -> None:
+    """Say what is being done, on stderr (stdout keeps the metrics and the report)."""
+    print(f"[evaluate] {text}", file=sys.stderr, flush=True)
+
+
+def distinct_conversations(test: list[dict[str, Any]], limit: int) -> list[list[dict[str, str]]]:
+    """The first ``limit`` distinct prompt conversations (all turns before the reply)."""
+    seen: set[str] = set()
+    out: list[list[dict[str, str]]] = []
+    for ex in test:
+        conversation = ex["messages"][:-1]
+        key = json.dumps(conversation, sort_keys=True)
+        if key in seen:
+            continue
+        seen.add(key)
+        out.append(conversation)
+        if len(out) == limit:
+            break
+    return out
+
+
 @torch.inference_mode()
-def perplexity(model: Any, tokenizer: Any, examples: list[dict[str, Any]]) -> float:
+def perplexity(model: Any, tokenizer: Any, examples: list[dict[str, Any]], name: str) -> float:
     nll, count = 0.0, 0
-    for ex in examples:
+    for ex in tqdm(examples, desc=f"{name}: perplexity", unit="example", file=sys.stderr):
         enc = encode_chat(tokenizer, ex["messages"], max_length=4096)
         if enc is None:
             continue
@@ -71,19 +97,20 @@ def perplexity(model: Any, tokenizer: Any, examples: list[dict[str, Any]]) -> fl
 
 @torch.inference_mode()
 def generate(
-    model: Any, tokenizer: Any, conversations: list[list[dict[str, str]]], args: EvalArguments
+    model: Any,
+    tokenizer: Any,
+    conversations: list[list[dict[str, str]]],
+    args: EvalArguments,
+    name: str = "model",
 ) -> list[dict[str, Any]]:
     tokenizer.padding_side = "left"
-    stop_ids = sorted({tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids("<|im_end|>")})
+    stop_ids = stop_token_ids(tokenizer, model)
     out: list[dict[str, Any]] = []
-    for i in range(0, len(conversations), args.batch_size):
+    starts = range(0, len(conversations), args.batch_size)
+    bar = tqdm(total=len(conversations), desc=f"{name}: generating", unit="reply", file=sys.stderr)
+    for i in starts:
         batch = conversations[i : i + args.batch_size]
-        texts = [
-            tokenizer.apply_chat_template(
-                with_system(c), tokenize=False, add_generation_prompt=True
-            )
-            for c in batch
-        ]
+        texts = [render_chat(tokenizer, with_system(c), add_generation_prompt=True) for c in batch]
         enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
         enc = {k: v.to(model.device) for k, v in enc.items()}
         gen = model.generate(
@@ -108,6 +135,8 @@ def generate(
                     "ended": ended,
                 }
             )
+        bar.update(len(batch))
+    bar.close()
     return out
 
 
@@ -126,8 +155,11 @@ def evaluate_model(
     args: EvalArguments,
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     t0 = time.perf_counter()
-    ppl = perplexity(model, tokenizer, test)
-    replies = generate(model, tokenizer, conversations, args)
+    stage(f"{name}: perplexity of {len(test)} reference answers")
+    ppl = perplexity(model, tokenizer, test, name)
+    stage(f"{name}: {len(conversations)} greedy replies, batches of {args.batch_size}")
+    replies = generate(model, tokenizer, conversations, args, name)
+    stage(f"{name}: output guard on {len(replies)} replies")
     verdicts = guard.classify_batch(
         [ClassifyItem(r["text"] or " ", Role.ASSISTANT) for r in replies]
     )
@@ -151,6 +183,7 @@ def report(
     prompts: list[str],
     base: list[dict[str, Any]],
     tuned: list[dict[str, Any]],
+    n_fixed: int,
 ) -> str:
     b, t = metrics["base"], metrics["tuned"]
     ratio = t["perplexity"] / b["perplexity"]
@@ -180,7 +213,8 @@ def report(
         "# Base vs tuned",
         "",
         f"Adapter: `{args.adapter}`; greedy decoding, repetition "
-        f"penalty {args.repetition_penalty}; {b['replies']} prompts.",
+        f"penalty {args.repetition_penalty}; {b['replies']} prompts ({n_fixed} fixed, "
+        f"{b['replies'] - n_fixed} distinct test conversations).",
         "",
         "| metric | base | tuned | target |",
         "|---|---|---|---|",
@@ -206,16 +240,24 @@ def main() -> None:
         line.strip() for line in Path(args.prompts_file).read_text().splitlines() if line.strip()
     ]
     conversations = [[{"role": "user", "content": p}] for p in fixed]
-    conversations += [ex["messages"][:-1] for ex in test[: args.max_test_prompts]]
+    from_test = distinct_conversations(test, args.max_test_prompts)
+    conversations += from_test
     prompts = [c[-1]["content"] for c in conversations]
+    stage(
+        f"{len(test)} test examples for perplexity; {len(conversations)} prompts "
+        f"({len(fixed)} fixed, {len(from_test)} distinct test conversations)"
+    )
+    stage("loading the safety guard")
     guard = SafetyClassifier.from_defaults()
 
+    stage("base: loading the model")
     base_model, tokenizer = load_causal_lm(args.base_model)
     metrics: dict[str, dict[str, Any]] = {}
     metrics["base"], base_replies = evaluate_model(
         "base", base_model, tokenizer, test, conversations, guard, args
     )
     del base_model
+    stage(f"tuned: loading the model with {args.adapter} merged")
     tuned_model, tokenizer = load_causal_lm(args.base_model, args.adapter, merge_adapter=True)
     metrics["tuned"], tuned_replies = evaluate_model(
         "tuned", tuned_model, tokenizer, test, conversations, guard, args
@@ -229,7 +271,13 @@ def main() -> None:
     }
     (out / "metrics.json").write_text(
         json.dumps(
-            {"args": asdict(args), **metrics, "guard_policy": guard.policy_version}, indent=2
+            {
+                "args": asdict(args),
+                "prompts": {"fixed": len(fixed), "distinct_test_conversations": len(from_test)},
+                **metrics,
+                "guard_policy": guard.policy_version,
+            },
+            indent=2,
         )
         + "\n"
     )
@@ -239,7 +287,7 @@ def main() -> None:
             for p, b, t in zip(prompts, base_replies, tuned_replies, strict=True)
         )
     )
-    md = report(args, metrics, prompts, base_replies, tuned_replies)
+    md = report(args, metrics, prompts, base_replies, tuned_replies, len(fixed))
     (out / "report.md").write_text(md)
     print(md)
 

@@ -3,9 +3,10 @@
 Reads the public data from ``../shared/data`` (never copied into the repo), cleans it, filters
 answers with our own output guard, splits by question / transcript so nothing leaks between
 splits, and writes ``train.jsonl``, ``validation.jsonl``, ``test.jsonl`` and ``stats.json`` to
-``--output_dir``. Each line: ``{"messages": [{"role", "content"}...], "source", "group"}``;
-the system prompt is added at training time from ``companion.prompts`` so that training and
-service always share it.
+``--output_dir``. Stage names, counts and a progress bar for the guard filter (the slow step,
+minutes on a CPU) go to stderr. Each line:
+``{"messages": [{"role", "content"}...], "source", "group"}``; the system prompt is added at
+training time from ``companion.prompts`` so that training and service always share it.
 
     python training/prepare_data.py --output_dir runs/sft-data
 """
@@ -22,6 +23,7 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tqdm import tqdm
 from transformers import HfArgumentParser
 
 csv.field_size_limit(sys.maxsize)
@@ -49,6 +51,11 @@ class PrepareArguments:
                 f"validation_share + test_share must be < 1, got "
                 f"{self.validation_share + self.test_share}"
             )
+
+
+def stage(text: str) -> None:
+    """Say what is being done, on stderr (stdout keeps the summary)."""
+    print(f"[prepare_data] {text}", file=sys.stderr, flush=True)
 
 
 # --- cleaning ------------------------------------------------------------------------------
@@ -192,22 +199,34 @@ def dedupe(examples: list[dict], stats: Counter[str]) -> list[dict]:
     return out
 
 
-def guard_filter(examples: list[dict], stats: Counter[str], prompts: bool) -> list[dict]:
+def guard_filter(
+    examples: list[dict], stats: Counter[str], prompts: bool, chunk: int = 256
+) -> list[dict]:
     """Drop examples whose reply our output guard flags (medication / diagnosis opinions,
     self-harm content): the service would replace such a reply, so the model should not learn
     it. With ``prompts``, also drop examples whose prompt the input guard would redirect."""
     from companion.safety import ClassifyItem, SafetyClassifier
     from companion.types import Category, Role
 
+    stage("loading the output guard")
     clf = SafetyClassifier.from_defaults()
+    stage(
+        f"guard policy {clf.policy_version}: checking {len(examples)} replies"
+        + (" and their prompts" if prompts else "")
+    )
     items = []
     for ex in examples:
         user_turns = [m["content"] for m in ex["messages"] if m["role"] == "user"]
         items.append(ClassifyItem(ex["messages"][-1]["content"], Role.ASSISTANT))
         if prompts:
             items.append(ClassifyItem(user_turns[-1], Role.USER, tuple(user_turns[-4:-1])))
-    verdicts = clf.classify_batch(items)
     step = 2 if prompts else 1
+    verdicts = []
+    with tqdm(total=len(examples), desc="guard filter", unit="example", file=sys.stderr) as bar:
+        for start in range(0, len(items), chunk * step):  # chunks: progress, same verdicts
+            part = items[start : start + chunk * step]
+            verdicts += clf.classify_batch(part)
+            bar.update(len(part) // step)
     out = []
     for i, ex in enumerate(examples):
         reply_v = verdicts[step * i]
@@ -225,15 +244,26 @@ def guard_filter(examples: list[dict], stats: Counter[str], prompts: bool) -> li
 def main() -> None:
     (args,) = HfArgumentParser(PrepareArguments).parse_args_into_dataclasses()
     stats: Counter[str] = Counter()
-    examples = counsel_chat(args, stats) + annomi(args, stats)
+    stage(f"reading counsel-chat from {args.data_dir}")
+    cc = counsel_chat(args, stats)
+    stage(f"counsel-chat: {stats['counsel_chat_rows']} rows -> {len(cc)} examples")
+    stage(f"reading AnnoMI from {args.data_dir}")
+    mi = annomi(args, stats)
+    stage(
+        f"AnnoMI: {stats['annomi_high_quality_transcripts']} high-quality transcripts -> "
+        f"{len(mi)} examples"
+    )
+    examples = cc + mi
     print(f"read {len(examples)} candidate examples")
     examples = dedupe(examples, stats)
+    stage(f"{stats['dropped_duplicate']} duplicates dropped, {len(examples)} left")
     if args.limit is not None:
         examples = examples[: args.limit]
     if args.use_guard:
         before = len(examples)
         examples = guard_filter(examples, stats, args.guard_prompts)
         print(f"guard filter removed {before - len(examples)} of {before}")
+    stage(f"splitting {len(examples)} examples by question / transcript")
     splits: dict[str, list[dict]] = defaultdict(list)
     for ex in examples:
         splits[split_of(ex["group"], args.seed, args.validation_share, args.test_share)].append(ex)
@@ -254,6 +284,7 @@ def main() -> None:
             ),
         }
     (out / "stats.json").write_text(json.dumps(summary, indent=2) + "\n")
+    stage(f"wrote {out}/{{train,validation,test}}.jsonl and stats.json")
     print(json.dumps(summary, indent=2))
 
 

@@ -158,19 +158,44 @@ def plot_losses(history: list[dict[str, Any]], path: Path) -> None:
     plt.close(fig)
 
 
-def parse() -> tuple[ModelArguments, DataArguments, TrainingArguments]:
-    parser = HfArgumentParser((ModelArguments, DataArguments, TrainingArguments))
-    argv = sys.argv[1:]
-    if "--config" in argv:  # YAML first, command-line flags override it
-        i = argv.index("--config")
-        config = yaml.safe_load(Path(argv[i + 1]).read_text())
-        argv = argv[:i] + argv[i + 2 :]
-        flags: list[str] = []
-        for key, value in config.items():
-            values = value if isinstance(value, list) else [value]
-            flags += [f"--{key}", *(str(v) for v in values)]
-        argv = flags + argv
-    return parser.parse_args_into_dataclasses(args=argv)  # type: ignore[return-value]
+def build_parser() -> HfArgumentParser:
+    parser = HfArgumentParser(
+        (ModelArguments, DataArguments, TrainingArguments),
+        usage="%(prog)s [--config FILE.yaml] [--FLAG VALUE ...]",
+        description="LoRA supervised fine-tuning of a causal LM on prepare_data.py's output. "
+        "--config FILE.yaml reads any of the flags below from a YAML file (keys are flag names, "
+        "e.g. training/configs/smollm2-135m-cpu.yaml); flags given on the command line "
+        "override it.",
+    )
+    # Read by parse() before the dataclasses see the flags; declared here so --help lists it.
+    parser.add_argument(
+        "--config",
+        metavar="FILE.yaml",
+        default=None,
+        help="YAML file whose keys are any of the flags below (e.g. training/configs/"
+        "smollm2-135m-cpu.yaml); flags given on the command line override it",
+    )
+    return parser
+
+
+def parse(argv: list[str] | None = None) -> tuple[ModelArguments, DataArguments, TrainingArguments]:
+    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    for i, arg in enumerate(argv):  # YAML first, command-line flags override it
+        if arg == "--config" or arg.startswith("--config="):
+            if arg == "--config" and i + 1 >= len(argv):
+                parser.error("--config needs a YAML file")
+            path = arg.split("=", 1)[1] if "=" in arg else argv[i + 1]
+            config = yaml.safe_load(Path(path).read_text()) or {}
+            argv = argv[:i] + argv[i + (1 if "=" in arg else 2) :]
+            flags: list[str] = []
+            for key, value in config.items():
+                values = value if isinstance(value, list) else [value]
+                flags += [f"--{key}", *(str(v) for v in values)]
+            argv = flags + argv
+            break
+    model_args, data_args, args, _ = parser.parse_args_into_dataclasses(args=argv)
+    return model_args, data_args, args
 
 
 def main() -> None:

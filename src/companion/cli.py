@@ -1,4 +1,4 @@
-"""The ``companion`` command: chat in a terminal, classify text, serve gRPC."""
+"""The ``companion`` command: chat in a terminal, classify text, serve gRPC, run evaluations."""
 
 from __future__ import annotations
 
@@ -261,6 +261,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--encoder", default=None, help="sentence-transformers path (default: embedded)"
     )
     cls.set_defaults(func=_cmd_classify)
+
+    from ._eval_cmd import add_eval_parser
+
+    add_eval_parser(sub)
     return parser
 
 

