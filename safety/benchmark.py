@@ -8,7 +8,11 @@ Times, per text (one call each, batch of one, as the pipeline does):
 - ``check``: ``SafetyClassifier.classify`` (normalise + encode + head + thresholds), no context;
 - ``check+ctx``: the same with three earlier user turns (newest and window encoded; the turns
   before the newest too, in a second call, when the window scores above the newest alone);
+- ``reply``: ``classify(..., role="assistant")``, the output check of a model reply;
 - ``st.encode``: ``SentenceTransformer.encode`` for reference.
+
+A policy whose users are read by a cross-encoder (``user_reader: cross``) runs ``check`` and
+``check+ctx`` through it (one forward pass over the text pair) and ``reply`` through the head.
 
 Texts are hand-written user messages of at most ``max_tokens`` tokens. Prints median and p95
 milliseconds and the check / encoder and check / minilm ratios; writes
@@ -93,6 +97,7 @@ def main(args: Args) -> None:
         "minilm": lambda t: minilm.encode([normalize(t)]),
         "check": lambda t: clf.classify(t),
         "check+ctx": lambda t: clf.classify(t, context=context),
+        "reply": lambda t: clf.classify(t, role="assistant"),
         "st.encode": lambda t: st.encode([t]),
     }
     for fn in runs.values():
@@ -109,12 +114,14 @@ def main(args: Args) -> None:
     ratio_base = med["check"] / med["minilm"]
     for name, r in results.items():
         print(f"  {name:10s} median {r['median_ms']:7.2f} ms   p95 {r['p95_ms']:7.2f} ms")
-    print(f"  guard encoder: {enc.name}")
+    print(f"  guard encoder: {enc.name}; users read by: {clf.policy.user_reader}")
     print(f"  check / encoder (median): {ratio:.2f}x; check+ctx / encoder: {ratio_ctx:.2f}x")
     print(f"  check / full MiniLM fp32 encoder (median): {ratio_base:.2f}x")
     out = {
         **results,
         "guard_encoder": enc.name,
+        "user_reader": clf.policy.user_reader,
+        "policy": clf.policy_version,
         "ratio_check_over_encoder": round(ratio, 3),
         "ratio_check_ctx_over_encoder": round(ratio_ctx, 3),
         "ratio_check_over_minilm": round(ratio_base, 3),
