@@ -136,7 +136,7 @@ def test_an_artifact_without_its_cross_encoder_is_refused(tmp_path):
     LinearHead({Role.ASSISTANT: zeros}, ("crisis", "medical")).save(tmp_path / "head.npz")
     head, loaded = load_artifact(tmp_path)
     assert head.labels == ("crisis", "medical") and loaded.user_reader == "cross"
-    with pytest.raises(ModelLoadError, match="lacks adapter_config.json"):
+    with pytest.raises(ModelLoadError, match=r"lacks adapter_config\.json"):
         cross_dir(loaded, tmp_path)
 
 

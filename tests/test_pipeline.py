@@ -78,12 +78,12 @@ def test_output_guard_fires_and_generated_text_is_discarded(make_pipeline):
     assert stored[1].text == reply.text
 
 
-def test_stream_marks_replaced_when_output_guard_fires(make_pipeline):
+def test_stream_withholds_when_output_guard_fires(make_pipeline):
     p = make_pipeline(generator=FakeGenerator(["CRISIS method"]))
     events = list(p.stream(_session(p), "hello"))
-    assert isinstance(events[0], TextDelta)
+    assert not any(isinstance(e, TextDelta) for e in events)  # checked before release
     done = events[-1]
-    assert isinstance(done, TurnDone) and done.replaced
+    assert isinstance(done, TurnDone) and done.withheld
     assert done.reply.category is Category.CRISIS
 
 

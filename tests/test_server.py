@@ -24,7 +24,7 @@ from companion import (
 )
 from companion._proto.companion.v1 import companion_pb2 as pb
 from companion._proto.companion.v1 import companion_pb2_grpc as pb_grpc
-from companion.client import AsyncCompanionClient, Replaced, TextDelta, TurnDone
+from companion.client import AsyncCompanionClient, TextDelta, TurnDone, Withheld
 from companion.config import GenerationConfig
 from companion.protocols import ChatMessage, ShouldStop
 from companion.sessions import InMemorySessionStore
@@ -39,7 +39,8 @@ KEY_B = "key-b-0123456789abcdef"
 class ScriptGenerator:
     """Replies ``"I hear you (turn N) REPLYMARK"`` forever and records every prompt.
 
-    A message containing ``SLOW`` makes it emit 400 words, 20 ms apart, until told to stop;
+    A message containing ``SLOW`` makes it emit 400 words, 20 ms apart, until told to stop
+    (``should_stop``) or closed;
     ``REPLYMED`` in the message makes it answer with a medical trigger word (output guard).
     """
 
@@ -63,12 +64,16 @@ class ScriptGenerator:
         self.prompts.append(list(messages))
         last = messages[-1]["content"]
         if "SLOW" in last:
-            for i in range(400):
-                if should_stop is not None and should_stop():
-                    self.stopped.set()
-                    return
-                time.sleep(0.02)
-                yield f" w{i}"
+            try:
+                for i in range(400):
+                    if should_stop is not None and should_stop():
+                        self.stopped.set()
+                        return
+                    time.sleep(0.02)
+                    yield f" w{i}"
+            except GeneratorExit:  # closed by the pipeline: stopped too
+                self.stopped.set()
+                raise
             return
         words = ["MEDICAL", "dose"] if "REPLYMED" in last else ["I", "hear", "you"]
         words += [f"(turn {len(self.prompts)})", "REPLYMARK"]
@@ -161,7 +166,7 @@ def test_conversation_over_send_and_stream_keeps_context_server_side(served):
     events = list(cl.stream(sid, "My manager criticised my report"))
     deltas = [e.text for e in events if isinstance(e, TextDelta)]
     done = events[-1]
-    assert isinstance(done, TurnDone) and not done.replaced
+    assert isinstance(done, TurnDone) and not done.withheld
     assert "".join(deltas).strip() == done.reply.text and done.reply.turn_index == 3
     # The second prompt carried the first exchange: the client sent only the new message.
     contents = [m["content"] for m in gen.prompts[-1]]
@@ -204,14 +209,13 @@ def test_check_in_round_trips_through_grpc_and_its_answer_redirects(served):
     )
 
 
-def test_stream_replaced_by_output_guard_says_so(served):
+def test_stream_withheld_by_output_guard_says_so_and_sends_no_flagged_text(served):
     server, _ = served
     sid = server.client.create_session(locale="en-US")
     events = list(server.client.stream(sid, "REPLYMED question"))
-    kinds = [type(e) for e in events]
-    assert kinds[0] is TextDelta and kinds[-2:] == [Replaced, TurnDone]
-    assert events[-2] == Replaced(Category.MEDICAL)
-    assert events[-1].replaced and events[-1].reply.action is Action.REDIRECTED
+    assert [type(e) for e in events] == [Withheld, TurnDone]  # "MEDICAL dose" never sent
+    assert events[0] == Withheld(Category.MEDICAL)
+    assert events[-1].withheld and events[-1].reply.action is Action.REDIRECTED
 
 
 async def test_async_client(served):

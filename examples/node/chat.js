@@ -47,7 +47,7 @@ function stream(request) {
     const events = client.StreamMessage(request, metadata, { deadline: deadline() });
     events.on("data", (event) => {
       if (event.event === "delta") text += event.delta.text;
-      else if (event.event === "replaced") text = ""; // discard what was shown
+      else if (event.event === "withheld") text = ""; // discard what was shown; done has the reply
       else if (event.event === "done") done = event.done;
       // Unknown event kinds are ignored: later versions may add some.
     });
@@ -68,7 +68,7 @@ async function main() {
   console.log(`reply: ${reply.text}`);
 
   const streamed = await stream({ session_id, text: "Thank you." });
-  console.log(`streamed turn: ${streamed.done.reply.turn_index} replaced: ${streamed.done.replaced}`);
+  console.log(`streamed turn: ${streamed.done.reply.turn_index} withheld: ${streamed.done.withheld}`);
 
   const history = await call("GetHistory", { session_id });
   console.log(`history: ${history.turns.length} turns`);

@@ -18,7 +18,7 @@ from .errors import (
     SessionNotFound,
     Unavailable,
 )
-from .pipeline import Pipeline, StreamEvent, TextDelta, TurnDone
+from .pipeline import Pipeline, StreamEvent, TextDelta, TurnDone, Withheld
 from .resources import ResourceCatalogue
 from .types import (
     Action,
@@ -64,5 +64,6 @@ __all__ = [
     "TurnDone",
     "Unavailable",
     "Verdict",
+    "Withheld",
     "__version__",
 ]

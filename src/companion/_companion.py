@@ -184,7 +184,8 @@ class Companion:
     def stream(
         self, session_id: str, text: str, should_stop: ShouldStop | None = None
     ) -> Iterator[StreamEvent]:
-        """Run one guarded turn, yielding ``TextDelta`` events and a final ``TurnDone``."""
+        """Run one guarded turn, yielding checked ``TextDelta`` units, maybe ``Withheld``, and a
+        final ``TurnDone`` (see :meth:`Pipeline.stream`)."""
         return self.pipeline.stream(session_id, text, should_stop)
 
     def history(self, session_id: str, offset: int = 0, limit: int | None = None) -> list[Turn]:

@@ -62,6 +62,10 @@ class PipelineConfig:
         check_in_quiet_turns: After a check-in answered with a clear no, this many further
             turns get no new check-in unless the risk score rises above the one that asked
             (a redirect is never held back).
+        release_min_clause_chars: Streaming releases a unit at a clause boundary (``,;:``)
+            once this many characters are held; sentences are released whole.
+        release_max_chars: Held text that reaches this length with no boundary is checked
+            and released (the token budget of a unit, about 60 tokens).
         generation: Decoding settings.
     """
 
@@ -69,6 +73,8 @@ class PipelineConfig:
     context_tokens: int | None = None
     guard_context_turns: int = 3
     check_in_quiet_turns: int = 3
+    release_min_clause_chars: int = 48
+    release_max_chars: int = 240
     generation: GenerationConfig = field(default_factory=GenerationConfig)
 
     def __post_init__(self) -> None:
@@ -90,6 +96,12 @@ class PipelineConfig:
             "check_in_quiet_turns",
             self.check_in_quiet_turns,
             "0..50",
+        )
+        _check(
+            1 <= self.release_min_clause_chars <= self.release_max_chars <= 4000,
+            "release_min_clause_chars",
+            (self.release_min_clause_chars, self.release_max_chars),
+            "1 <= release_min_clause_chars <= release_max_chars <= 4000",
         )
 
 

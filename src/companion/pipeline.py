@@ -9,16 +9,18 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
+from collections.abc import Generator as Generator_
 from dataclasses import dataclass
 
 import structlog
 
+from ._release import ReleaseBuffer
 from ._triage import apply_triage, model_history, triage_state
 from .config import PipelineConfig
 from .context import build_messages
 from .errors import Cancelled, InvalidArgument, SessionNotFound, Unavailable
 from .prompts import SYSTEM_PROMPT
-from .protocols import Generator, SafetyGuard, SessionStore, ShouldStop
+from .protocols import ChatMessage, Generator, SafetyGuard, SessionStore, ShouldStop
 from .resources import ResourceCatalogue
 from .sessions import is_valid_session_id
 from .types import (
@@ -34,16 +36,31 @@ from .types import (
     Verdict,
 )
 
-__all__ = ["Pipeline", "StreamEvent", "TextDelta", "TurnDone"]
+__all__ = ["Pipeline", "StreamEvent", "TextDelta", "TurnDone", "Withheld"]
 
 log = structlog.get_logger(__name__)
 
 
 @dataclass(frozen=True)
 class TextDelta:
-    """A piece of generated text, in order."""
+    """A unit of generated text (a sentence, a clause or a length budget), in order. Every
+    delta has been read by the output guard, with all the text before it, before it is
+    yielded: no generated text leaves the pipeline unchecked."""
 
     text: str
+
+
+@dataclass(frozen=True)
+class Withheld:
+    """The output guard stopped the reply: generation ended and the rest was not released.
+    Any text shown for this turn must be discarded (it was checked, but it is not the stored
+    turn); the following :class:`TurnDone` carries the fixed message that replaces it.
+
+    Args:
+        category: The category of the check that fired.
+    """
+
+    category: Category
 
 
 @dataclass(frozen=True)
@@ -52,15 +69,15 @@ class TurnDone:
 
     Args:
         reply: The stored reply.
-        replaced: True when text deltas were sent but the output guard replaced them with
-            ``reply.text``; a client must then discard what it showed.
+        withheld: True when the output guard stopped the generated reply (a
+            :class:`Withheld` event came first); ``reply.text`` is then the fixed message.
     """
 
     reply: Reply
-    replaced: bool = False
+    withheld: bool = False
 
 
-StreamEvent = TextDelta | TurnDone
+StreamEvent = TextDelta | Withheld | TurnDone
 
 
 class Pipeline:
@@ -118,7 +135,13 @@ class Pipeline:
     def stream(
         self, session_id: str, text: str, should_stop: ShouldStop | None = None
     ) -> Iterator[StreamEvent]:
-        """Run one turn, yielding generated text as it comes and a final :class:`TurnDone`.
+        """Run one turn, yielding checked units of the reply and a final :class:`TurnDone`.
+
+        Check before release: generated text is held until a unit is complete
+        (``companion._release``), the output guard reads the reply so far with it, and only
+        then is the unit yielded. When the guard fires (or fails: closed), generation is
+        stopped, a :class:`Withheld` event is yielded, and the stored reply is the fixed
+        resource or check-in message.
 
         Nothing is stored until the turn is complete: a cancelled turn (``should_stop()``
         true) raises :class:`Cancelled` and leaves the session unchanged.
@@ -144,7 +167,6 @@ class Pipeline:
         verdict_in, held_back = apply_triage(verdict_in, state)
         timings["input_guard_ms"] = _ms(t0)
         verdict_out: Verdict | None = None
-        streamed = False
         if verdict_in.fired:
             reply_text, resources, category, action = self._fixed_reply(verdict_in, info.locale)
         else:
@@ -158,30 +180,17 @@ class Pipeline:
                 self.generator.count_tokens,
                 budget,
             )
-            t0 = time.perf_counter()
-            parts: list[str] = []
-            try:
-                for delta in self.generator.stream(messages, self.config.generation, stop):
-                    parts.append(delta)
-                    streamed = True
-                    yield TextDelta(delta)
-            except Cancelled:
-                raise
-            except Exception as exc:
-                log.error("generation_failed", session_id=session_id, error=type(exc).__name__)
-                raise Unavailable("the model failed to generate a reply") from exc
-            timings["generate_ms"] = _ms(t0)
-            if stop():
-                raise Cancelled("the turn was cancelled before it was stored")
-            generated = "".join(parts).strip()
-            t0 = time.perf_counter()
-            verdict_out = self._check(generated, Role.ASSISTANT, [])
-            timings["output_guard_ms"] = _ms(t0)
+            released: list[str] = []
+            verdict_out, gen_ms, check_ms = yield from self._release_checked(
+                messages, released, stop, session_id
+            )
+            timings["generate_ms"], timings["output_guard_ms"] = gen_ms, check_ms
             if verdict_out.fired:
                 reply_text, resources, category, action = self._fixed_reply(
                     verdict_out, info.locale
                 )
             else:
+                generated = "".join(released).rstrip()
                 reply_text, resources = generated or self.catalogue.empty_reply(info.locale), ()
                 category, action = Category.NONE, Action.ANSWERED
 
@@ -224,7 +233,63 @@ class Pipeline:
             total_ms=_ms(started),
             **timings,
         )
-        yield TurnDone(reply, replaced=streamed and action is not Action.ANSWERED)
+        withheld = verdict_out is not None and verdict_out.fired
+        if withheld:
+            yield Withheld(category)
+        yield TurnDone(reply, withheld=withheld)
+
+    def _release_checked(
+        self,
+        messages: list[ChatMessage],
+        released: list[str],
+        stop: ShouldStop,
+        session_id: str,
+    ) -> Generator_[TextDelta, None, tuple[Verdict, float, float]]:
+        """Generate, and release each complete unit only after the output guard has read the
+        reply so far with it. Appends released units to ``released``; returns the last
+        verdict (fired: generation was stopped and nothing more is released), the generation
+        time and the time spent in the output guard, in ms.
+
+        Raises:
+            Cancelled: ``stop()`` became true.
+            Unavailable: the model failed.
+        """
+        buffer = ReleaseBuffer(self.config.release_min_clause_chars, self.config.release_max_chars)
+        verdict: Verdict | None = None
+        check_ms = 0.0
+        t0 = time.perf_counter()
+        stream = self.generator.stream(messages, self.config.generation, stop)
+        try:
+            while True:
+                try:
+                    delta = next(stream, None)
+                except Cancelled:
+                    raise
+                except Exception as exc:
+                    log.error("generation_failed", session_id=session_id, error=type(exc).__name__)
+                    raise Unavailable("the model failed to generate a reply") from exc
+                unit = buffer.add(delta) if delta is not None else buffer.flush()
+                if stop():
+                    raise Cancelled("the turn was cancelled before it was stored")
+                if unit:
+                    t1 = time.perf_counter()
+                    verdict = self._check("".join(released) + unit, Role.ASSISTANT, [])
+                    check_ms += _ms(t1)
+                    if verdict.fired:
+                        break
+                    released.append(unit)
+                    yield TextDelta(unit)
+                if delta is None:
+                    break
+        finally:
+            close = getattr(stream, "close", None)
+            if close is not None:
+                close()  # a stopped generator frees the model at once
+        if verdict is None:  # nothing was generated: the (empty) reply is still checked
+            t1 = time.perf_counter()
+            verdict = self._check("", Role.ASSISTANT, [])
+            check_ms += _ms(t1)
+        return verdict, round(_ms(t0) - check_ms, 2), round(check_ms, 2)
 
     def _validate(self, text: object) -> None:
         if not isinstance(text, str):

@@ -9,16 +9,16 @@ Example:
     ...     cl.history(sid); cl.delete_session(sid)
 """
 
-from ..pipeline import TextDelta, TurnDone
+from ..pipeline import TextDelta, TurnDone, Withheld
 from ._async import AsyncCompanionClient
-from ._common import ClientEvent, Replaced
+from ._common import ClientEvent
 from ._sync import CompanionClient
 
 __all__ = [
     "AsyncCompanionClient",
     "ClientEvent",
     "CompanionClient",
-    "Replaced",
     "TextDelta",
     "TurnDone",
+    "Withheld",
 ]

@@ -80,7 +80,7 @@ class AsyncCompanionClient:
     async def stream(
         self, session_id: str, text: str, *, timeout: float | None = None
     ) -> AsyncIterator[ClientEvent]:
-        """Send a message; yields ``TextDelta``s, maybe ``Replaced``, then ``TurnDone``.
+        """Send a message; yields checked ``TextDelta``s, maybe ``Withheld``, then ``TurnDone``.
 
         Leaving the loop early cancels the call; the server then stores nothing of the turn.
         """

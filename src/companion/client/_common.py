@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 
 import grpc
 
@@ -19,27 +18,16 @@ from ..errors import (
     SessionNotFound,
     Unavailable,
 )
-from ..pipeline import TextDelta, TurnDone
-from ..types import Category
+from ..pipeline import TextDelta, TurnDone, Withheld
 
-__all__ = ["ClientEvent", "Replaced", "error_from_rpc", "event_from_pb", "metadata_for"]
+__all__ = ["ClientEvent", "error_from_rpc", "event_from_pb", "metadata_for"]
 
 DEFAULT_TIMEOUT = 120.0
 
 
-@dataclass(frozen=True)
-class Replaced:
-    """The text streamed so far must be discarded; the next :class:`TurnDone` has the reply.
-
-    Args:
-        category: The category of the check that fired.
-    """
-
-    category: Category
-
-
-ClientEvent = TextDelta | Replaced | TurnDone
-"""What :meth:`CompanionClient.stream` yields: deltas, maybe ``Replaced``, then ``TurnDone``."""
+ClientEvent = TextDelta | Withheld | TurnDone
+"""What :meth:`CompanionClient.stream` yields: checked deltas, maybe ``Withheld``, then
+``TurnDone``."""
 
 _ERRORS: Mapping[grpc.StatusCode, type[CompanionError]] = {
     grpc.StatusCode.INVALID_ARGUMENT: InvalidArgument,
@@ -71,8 +59,8 @@ def event_from_pb(m: pb.StreamMessageResponse) -> ClientEvent | None:
     kind = m.WhichOneof("event")
     if kind == "delta":
         return TextDelta(m.delta.text)
-    if kind == "replaced":
-        return Replaced(_wire.category_from_pb(m.replaced.category))
+    if kind == "withheld":
+        return Withheld(_wire.category_from_pb(m.withheld.category))
     if kind == "done":
-        return TurnDone(_wire.reply_from_pb(m.done.reply), replaced=m.done.replaced)
+        return TurnDone(_wire.reply_from_pb(m.done.reply), withheld=m.done.withheld)
     return None

@@ -80,7 +80,7 @@ class CompanionClient:
     def stream(
         self, session_id: str, text: str, *, timeout: float | None = None
     ) -> Iterator[ClientEvent]:
-        """Send a message; yields ``TextDelta``s, maybe ``Replaced``, then ``TurnDone``.
+        """Send a message; yields checked ``TextDelta``s, maybe ``Withheld``, then ``TurnDone``.
 
         Leaving the loop early (``break``, an exception) cancels the call, and the server then
         stores nothing of the turn.

@@ -97,7 +97,7 @@ class _Call:
         if name == "CreateSessionResponse":
             self.fields["session_id"] = response.session_id
         elif name == "StreamMessageResponse" and response.WhichOneof("event") == "done":
-            self.fields["replaced"] = response.done.replaced
+            self.fields["withheld"] = response.done.withheld
             self.saw_response(response.done.reply, metrics)
         elif name == "SendMessageResponse":
             category = _enum_name(pb.Category, response.category)

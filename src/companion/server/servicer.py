@@ -18,7 +18,7 @@ from .._companion import Companion
 from .._proto.companion.v1 import companion_pb2 as pb
 from .._proto.companion.v1 import companion_pb2_grpc as pb_grpc
 from ..errors import Cancelled, DeadlineExceeded, InvalidArgument, Unavailable
-from ..pipeline import StreamEvent, TextDelta, TurnDone
+from ..pipeline import StreamEvent, TextDelta, TurnDone, Withheld
 from .interceptors import caller_owner
 
 __all__ = ["CompanionServicer"]
@@ -105,11 +105,11 @@ def _page(token: str, size: int) -> tuple[int, int]:
 def _event_to_pb(event: StreamEvent) -> Iterator[pb.StreamMessageResponse]:
     if isinstance(event, TextDelta):
         yield pb.StreamMessageResponse(delta=pb.TextDelta(text=event.text))
+    elif isinstance(event, Withheld):
+        category = _wire.category_to_pb(event.category)
+        yield pb.StreamMessageResponse(withheld=pb.ReplyWithheld(category=category))
     elif isinstance(event, TurnDone):
-        if event.replaced:
-            category = _wire.category_to_pb(event.reply.category)
-            yield pb.StreamMessageResponse(replaced=pb.ReplyReplaced(category=category))
-        done = pb.TurnDone(reply=_wire.reply_to_pb(event.reply), replaced=event.replaced)
+        done = pb.TurnDone(reply=_wire.reply_to_pb(event.reply), withheld=event.withheld)
         yield pb.StreamMessageResponse(done=done)
 
 

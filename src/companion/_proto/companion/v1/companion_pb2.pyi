@@ -176,29 +176,29 @@ class TextDelta(_message.Message):
     text: str
     def __init__(self, text: _Optional[str] = ...) -> None: ...
 
-class ReplyReplaced(_message.Message):
+class ReplyWithheld(_message.Message):
     __slots__ = ("category",)
     CATEGORY_FIELD_NUMBER: _ClassVar[int]
     category: Category
     def __init__(self, category: _Optional[_Union[Category, str]] = ...) -> None: ...
 
 class TurnDone(_message.Message):
-    __slots__ = ("reply", "replaced")
+    __slots__ = ("reply", "withheld")
     REPLY_FIELD_NUMBER: _ClassVar[int]
-    REPLACED_FIELD_NUMBER: _ClassVar[int]
+    WITHHELD_FIELD_NUMBER: _ClassVar[int]
     reply: SendMessageResponse
-    replaced: bool
-    def __init__(self, reply: _Optional[_Union[SendMessageResponse, _Mapping]] = ..., replaced: _Optional[bool] = ...) -> None: ...
+    withheld: bool
+    def __init__(self, reply: _Optional[_Union[SendMessageResponse, _Mapping]] = ..., withheld: _Optional[bool] = ...) -> None: ...
 
 class StreamMessageResponse(_message.Message):
-    __slots__ = ("delta", "replaced", "done")
+    __slots__ = ("delta", "withheld", "done")
     DELTA_FIELD_NUMBER: _ClassVar[int]
-    REPLACED_FIELD_NUMBER: _ClassVar[int]
+    WITHHELD_FIELD_NUMBER: _ClassVar[int]
     DONE_FIELD_NUMBER: _ClassVar[int]
     delta: TextDelta
-    replaced: ReplyReplaced
+    withheld: ReplyWithheld
     done: TurnDone
-    def __init__(self, delta: _Optional[_Union[TextDelta, _Mapping]] = ..., replaced: _Optional[_Union[ReplyReplaced, _Mapping]] = ..., done: _Optional[_Union[TurnDone, _Mapping]] = ...) -> None: ...
+    def __init__(self, delta: _Optional[_Union[TextDelta, _Mapping]] = ..., withheld: _Optional[_Union[ReplyWithheld, _Mapping]] = ..., done: _Optional[_Union[TurnDone, _Mapping]] = ...) -> None: ...
 
 class GetHistoryRequest(_message.Message):
     __slots__ = ("session_id", "page_size", "page_token")

@@ -81,8 +81,9 @@ class CompanionServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def StreamMessage(self, request, context):
-        """Sends the person's next message and streams the reply: zero or more `delta` events, then
-        exactly one final `done` event. See StreamMessageResponse for the event kinds.
+        """Sends the person's next message and streams the reply: zero or more `delta` events, each
+        checked by the output guard before it is sent, maybe one `withheld` event, then exactly
+        one final `done` event. See StreamMessageResponse for the event kinds.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
