@@ -74,7 +74,7 @@ def _assert_checked_before_release(log):
         if kind != "release":
             continue
         checks = [t for k, t in log[:i] if k == "check"]
-        assert checks and checks[-1] == shown + text, (shown, text, checks[-1:])
+        assert checks and checks[-1].startswith(shown + text), (shown, text, checks[-1:])
         shown += text
 
 
@@ -95,7 +95,35 @@ def test_a_flagged_sentence_after_safe_ones_is_never_released(make_pipeline):
     assert isinstance(done, TurnDone) and done.withheld
     assert done.reply.action is Action.REDIRECTED and "pharmacist" in done.reply.text
     assert [t.text for t in p.store.history(sid)][1] == done.reply.text
-    assert gen.closed and gen.produced < len(gen.calls[0]) + 30  # stopped, not run to the end
+    assert log[-1] == (
+        "check",
+        "I hear you. That sounds like a hard week. Have you had any rest? "
+        "Take MEDICAL 50 mg twice a day. And then more words here.",
+    )  # all of it
+    _assert_checked_before_release(log)
+
+
+class FirstSentenceGuard(LoggingGuard):
+    """Flags the reply when it is exactly its first sentence (as a short prefix can read as
+    advice that the whole reply is not)."""
+
+    def classify(self, text, role=Role.USER, context=(), last_assistant=""):
+        v = super().classify(text, role, context, last_assistant)
+        if Role(role) is Role.ASSISTANT and text == "It's normal anxiety. ":
+            return FakeGuard().classify("MEDICAL", role)
+        return v
+
+
+def test_a_unit_that_fires_alone_is_held_until_the_longer_reply_passes(make_pipeline):
+    log: list[tuple[str, str]] = []
+    reply = "It's normal anxiety. Lots of people feel it before exams. Breathe."
+    p = make_pipeline(guard=FirstSentenceGuard(log), generator=CountingGenerator([reply]))
+    events = _run(p, _session(p), "I feel anxious about my exams", log)
+    deltas = [e.text for e in events if isinstance(e, TextDelta)]
+    assert deltas[0] == "It's normal anxiety. " and len(deltas) == 3
+    assert log[1] == ("check", "It's normal anxiety. Lots of people feel it before exams. ")
+    assert log[2] == ("release", "It's normal anxiety. ")  # only after the passing check
+    assert events[-1].reply.text == reply and not events[-1].withheld
     _assert_checked_before_release(log)
 
 

@@ -139,9 +139,10 @@ class Pipeline:
 
         Check before release: generated text is held until a unit is complete
         (``companion._release``), the output guard reads the reply so far with it, and only
-        then is the unit yielded. When the guard fires (or fails: closed), generation is
-        stopped, a :class:`Withheld` event is yielded, and the stored reply is the fixed
-        resource or check-in message.
+        then is the unit yielded; a unit whose check fires is held until a check of the longer
+        reply passes. When the check of the complete reply fires (or any check fails: closed),
+        a :class:`Withheld` event is yielded and the stored reply is the fixed resource or
+        check-in message.
 
         Nothing is stored until the turn is complete: a cancelled turn (``should_stop()``
         true) raises :class:`Cancelled` and leaves the session unchanged.
@@ -245,9 +246,12 @@ class Pipeline:
         stop: ShouldStop,
         session_id: str,
     ) -> Generator_[TextDelta, None, tuple[Verdict, float, float]]:
-        """Generate, and release each complete unit only after the output guard has read the
-        reply so far with it. Appends released units to ``released``; returns the last
-        verdict (fired: generation was stopped and nothing more is released), the generation
+        """Generate, and release held units only once the output guard has passed the reply so
+        far with them. A check that fires holds its units back (a first sentence alone can
+        read as advice that the whole reply is not) and generation goes on; the next check
+        reads the longer reply. The last check reads the complete reply, as ``turn`` always
+        did: when it fires, nothing held is released. A check that fails (raises) stops at
+        once. Appends released units to ``released``; returns the last verdict, the generation
         time and the time spent in the output guard, in ms.
 
         Raises:
@@ -255,6 +259,7 @@ class Pipeline:
             Unavailable: the model failed.
         """
         buffer = ReleaseBuffer(self.config.release_min_clause_chars, self.config.release_max_chars)
+        held: list[str] = []
         verdict: Verdict | None = None
         check_ms = 0.0
         t0 = time.perf_counter()
@@ -272,13 +277,17 @@ class Pipeline:
                 if stop():
                     raise Cancelled("the turn was cancelled before it was stored")
                 if unit:
+                    held.append(unit)
                     t1 = time.perf_counter()
-                    verdict = self._check("".join(released) + unit, Role.ASSISTANT, [])
+                    verdict = self._check("".join(released + held), Role.ASSISTANT, [])
                     check_ms += _ms(t1)
-                    if verdict.fired:
-                        break
-                    released.append(unit)
-                    yield TextDelta(unit)
+                    if verdict.error is not None:
+                        break  # fail closed, at once
+                    if not verdict.fired:
+                        for part in held:
+                            released.append(part)
+                            yield TextDelta(part)
+                        held = []
                 if delta is None:
                     break
         finally:
