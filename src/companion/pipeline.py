@@ -11,8 +11,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-import structlog
-
+from ._logging import get_logger
 from ._triage import apply_triage, model_history, triage_state
 from .config import PipelineConfig
 from .context import build_messages
@@ -36,7 +35,7 @@ from .types import (
 
 __all__ = ["Pipeline", "StreamEvent", "TextDelta", "TurnDone"]
 
-log = structlog.get_logger(__name__)
+log = get_logger(__name__)
 
 
 @dataclass(frozen=True)

@@ -14,12 +14,12 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import structlog
 from grpc import aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from .._companion import Companion
+from .._logging import get_logger
 from .._proto.companion.v1 import companion_pb2 as pb
 from .._proto.companion.v1 import companion_pb2_grpc as pb_grpc
 from ..config import GenerationConfig
@@ -30,7 +30,7 @@ from .settings import ServerSettings
 
 __all__ = ["SERVICE_NAME", "CompanionServer", "load_companion", "serve", "warm_up"]
 
-log = structlog.get_logger("companion.server")
+log = get_logger("companion.server")
 
 SERVICE_NAME: str = pb.DESCRIPTOR.services_by_name["CompanionService"].full_name
 # Generous for 4000 characters of UTF-8 plus metadata; larger messages get RESOURCE_EXHAUSTED
