@@ -64,6 +64,17 @@ def warm_up(companion: Companion) -> None:
         pass
 
 
+def _bind(server: aio.Server, address: str) -> int:
+    failed = f"cannot listen for gRPC on {address}: address in use or unavailable"
+    try:
+        port = server.add_insecure_port(address)
+    except RuntimeError as exc:  # grpc's "Failed to bind to address ..."
+        raise OSError(failed) from exc
+    if port == 0:
+        raise OSError(failed)
+    return int(port)
+
+
 class CompanionServer:
     """The service: companion API, health, reflection, interceptor and metrics endpoint.
 
@@ -104,7 +115,12 @@ class CompanionServer:
         return f"{self.settings.host}:{self.port}"
 
     async def start(self) -> None:
-        """Bind, start serving (health NOT_SERVING) and begin loading the models."""
+        """Bind, start serving (health NOT_SERVING) and begin loading the models.
+
+        Raises:
+            OSError: the gRPC or the metrics address cannot be bound (the message names it);
+                nothing is left running.
+        """
         s = self.settings
         server = aio.server(
             interceptors=[ServiceInterceptor(self.metrics, s.api_keys)],
@@ -121,13 +137,21 @@ class CompanionServer:
         )
         for name in ("", SERVICE_NAME):
             await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
-        self.port = server.add_insecure_port(s.address)
-        if self.port == 0:
-            raise OSError(f"could not bind {s.address}")
-        await server.start()
+        try:
+            self.port = _bind(server, s.address)
+            await server.start()
+            if s.metrics_port is not None:
+                try:
+                    self.metrics_port = self.metrics.serve_http(s.host, s.metrics_port)
+                except OSError as exc:
+                    where = f"{s.host}:{s.metrics_port}"
+                    reason = exc.strerror or type(exc).__name__
+                    raise OSError(f"cannot serve metrics on {where}: {reason}") from exc
+        except BaseException:
+            # A server left running would be shut down by its finaliser on a closed event loop.
+            await server.stop(None)
+            raise
         self._server = server
-        if s.metrics_port is not None:
-            self.metrics_port = self.metrics.serve_http(s.host, s.metrics_port)
         log.info(
             "server_started",
             address=self.address,
@@ -201,6 +225,7 @@ async def serve(
 
     Raises:
         ModelLoadError: the models could not be loaded.
+        OSError: the gRPC or the metrics address cannot be bound.
     """
     server = CompanionServer(settings, factory=factory)
     await server.start()

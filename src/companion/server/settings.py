@@ -54,7 +54,9 @@ class ServerSettings:
     )
     encoder: str | None = field(default=None, metadata={"help": "sentence encoder; None: embedded"})
     device: str | None = None
-    max_new_tokens: int = field(default=200, metadata={"help": "reply length cap in tokens"})
+    max_new_tokens: int = field(
+        default=GenerationConfig.max_new_tokens, metadata={"help": "reply length cap in tokens"}
+    )
     do_sample: bool = True
     max_message_chars: int = field(default=4000, metadata={"help": "longer text is rejected"})
     max_concurrent_rpcs: int = field(
