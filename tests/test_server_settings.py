@@ -6,11 +6,14 @@ import pytest
 
 from companion.server import ServerSettings
 
+KEY = "k" * 16
+
 
 def test_defaults_listen_locally():
     s = ServerSettings()
     assert s.address == "127.0.0.1:50051" and s.api_keys == () and s.metrics_port == 9464
     assert s.pipeline_config().max_message_chars == 4000
+    assert s.log_level == "info" and s.max_new_tokens == 200
 
 
 def test_env_overrides_file(tmp_path):
@@ -18,15 +21,33 @@ def test_env_overrides_file(tmp_path):
     toml.write_text('[server]\nport = 6000\nsession_store = "memory"\nmax_new_tokens = 64\n')
     env = {
         "COMPANION_PORT": "7000",
-        "COMPANION_API_KEYS": "k" * 16 + ", " + "j" * 16,
+        "COMPANION_API_KEYS": KEY + ", " + "j" * 16,
         "COMPANION_METRICS_PORT": "off",
         "COMPANION_WARMUP": "false",
         "UNRELATED": "x",
     }
     s = ServerSettings.from_env(env, base=ServerSettings.from_file(toml))
     assert s.port == 7000 and s.session_store == "memory" and s.max_new_tokens == 64
-    assert s.api_keys == ("k" * 16, "j" * 16) and s.metrics_port is None and s.warmup is False
+    assert s.api_keys == (KEY, "j" * 16) and s.metrics_port is None and s.warmup is False
     assert s.replace(port=1, host=None).port == 1  # flags win; None means "not given"
+
+
+def test_env_values_are_typed(monkeypatch):
+    monkeypatch.setenv("COMPANION_PORT", " 7001 ")
+    monkeypatch.setenv("COMPANION_DO_SAMPLE", "no")
+    monkeypatch.setenv("COMPANION_GRACE_SECONDS", "2.5")
+    monkeypatch.setenv("COMPANION_DB_PATH", "")
+    monkeypatch.setenv("COMPANION_LOG_LEVEL", "WARNING")
+    monkeypatch.setenv("COMPANION_METRICS_PORT", "9999")
+    s = ServerSettings.from_env()  # os.environ
+    assert (s.port, s.do_sample, s.grace_seconds, s.db_path) == (7001, False, 2.5, None)
+    assert s.log_level == "warning" and s.metrics_port == 9999
+
+
+def test_construction_reads_no_environment(monkeypatch):
+    monkeypatch.setenv("COMPANION_PORT", "7002")
+    monkeypatch.setenv("COMPANION_API_KEYS", KEY)
+    assert ServerSettings().port == 50051 and ServerSettings(host="::").api_keys == ()
 
 
 def test_yaml_file(tmp_path):
@@ -37,13 +58,20 @@ def test_yaml_file(tmp_path):
     assert s.grace_seconds == 3
 
 
+def test_settings_are_frozen():
+    with pytest.raises(ValueError, match="frozen"):
+        ServerSettings().port = 1  # type: ignore[misc]
+
+
 @pytest.mark.parametrize(
     ("changes", "match"),
     [
-        ({"port": 70000}, "port=70000"),
-        ({"session_store": "redis"}, "session_store='redis'"),
-        ({"max_new_tokens": 0}, "max_new_tokens=0"),
+        ({"port": 70000}, r"port\n  Input should be less than or equal to 65535"),
+        ({"session_store": "redis"}, "session_store\n  Input should be 'sqlite' or 'memory'"),
+        ({"max_new_tokens": 0}, "max_new_tokens=0: 1..4096"),
         ({"api_keys": ("short",)}, "at least 16"),
+        ({"log_level": "loud"}, "log_level\n  Input should be 'debug'"),
+        ({"metrics_port": -1}, "metrics_port"),
     ],
 )
 def test_bad_values_are_named(changes, match):
@@ -51,18 +79,54 @@ def test_bad_values_are_named(changes, match):
         ServerSettings(**changes)
 
 
-def test_bad_key_value_is_not_echoed():
-    with pytest.raises(ValueError) as info:
-        ServerSettings(api_keys=("secret-but-short",)[:1] * 1 + ("tiny",))
-    assert "tiny" not in str(info.value)
+def test_bad_key_value_is_not_echoed(tmp_path):
+    with pytest.raises(ValueError) as direct:
+        ServerSettings(api_keys=("secret-but-short", "tiny"))
+    with pytest.raises(ValueError) as from_env:
+        ServerSettings.from_env({"COMPANION_API_KEYS": f"{KEY},tinysecret"})
+    bad = tmp_path / "s.toml"
+    bad.write_text('api_keys = "not-a-list-secret"\nport = "nope-secret"\n')
+    with pytest.raises(ValueError) as from_file:
+        ServerSettings.from_file(bad)
+    assert str(from_env.value) == (
+        "api_keys (COMPANION_API_KEYS): every key must be a string of at least 16 characters"
+    )
+    for info in (direct, from_env, from_file):
+        assert "tiny" not in str(info.value) and "secret" not in str(info.value)
+    assert "port (" + str(bad) + "): Input should be a valid integer" in str(from_file.value)
+    assert repr(ServerSettings(api_keys=(KEY,))).count(KEY) == 0  # not in logs or tracebacks
 
 
 def test_unknown_names_and_bad_env_values(tmp_path):
     bad = tmp_path / "s.toml"
     bad.write_text("prot = 1\n")
-    with pytest.raises(ValueError, match="unknown server settings: prot"):
+    with pytest.raises(ValueError, match=r"^prot \(.*s\.toml\): unknown server setting$"):
         ServerSettings.from_file(bad)
-    with pytest.raises(ValueError, match="COMPANION_PORT='abc'"):
+    with pytest.raises(ValueError, match=r"^port \(COMPANION_PORT\): Input should be a valid"):
         ServerSettings.from_env({"COMPANION_PORT": "abc"})
     with pytest.raises(ValueError, match=r"\.toml, \.yaml"):
         ServerSettings.from_file(tmp_path / "s.ini")
+    with pytest.raises(ValueError, match="unknown server setting"):
+        ServerSettings.from_mapping({"prot": 1})
+    with pytest.raises(ValueError, match="max_concurrent_rpcs: Input should be greater"):
+        ServerSettings().replace(max_concurrent_rpcs=0)
+
+
+def test_missing_or_broken_file_is_an_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"missing\.toml not found"):
+        ServerSettings.from_file(tmp_path / "missing.toml")
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("- a\n- b\n")
+    with pytest.raises(ValueError, match="not a table of settings"):
+        ServerSettings.from_file(broken)
+    leaky = tmp_path / "leaky.yaml"
+    leaky.write_text("port: 1\napi_keys: [secret-key-0123456789\n")
+    with pytest.raises(
+        ValueError, match=r"not a table of settings \(line \d+, column \d+\)$"
+    ) as info:
+        ServerSettings.from_file(leaky)
+    assert "secret" not in str(info.value)
+    toml = tmp_path / "broken.toml"
+    toml.write_text("port = = 1\n")
+    with pytest.raises(ValueError, match="not a table of settings"):
+        ServerSettings.from_file(toml)

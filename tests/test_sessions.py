@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
+import stat
 import time
 
 import pytest
@@ -83,6 +85,38 @@ def test_sqlite_uses_wal_and_delete_erases_turns(tmp_path):
     assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert db.execute("SELECT COUNT(*) FROM turns").fetchone()[0] == 0
     db.close()
+
+
+def _mode(path) -> int:
+    return stat.S_IMODE(os.stat(path).st_mode)
+
+
+def test_sqlite_files_and_new_directory_are_private(tmp_path):
+    old = os.umask(0o022)  # the common default, which made the files 0644
+    try:
+        path = tmp_path / "new" / "dir" / "sessions.sqlite3"
+        store = SQLiteSessionStore(path)
+        sid = new_session_id()
+        store.create(SessionInfo(sid, "en-US", time.time()))
+        store.append(sid, _turns("private"))
+        wal, shm = path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")
+        assert wal.exists() and shm.exists()
+        assert {p.name: _mode(p) for p in (path, wal, shm)} == {
+            p.name: 0o600 for p in (path, wal, shm)
+        }
+        assert _mode(path.parent) == 0o700
+        store.close()
+    finally:
+        os.umask(old)
+
+
+def test_sqlite_leaves_existing_directory_and_file_modes_alone(tmp_path):
+    path = tmp_path / "shared.sqlite3"
+    path.touch()
+    path.chmod(0o640)
+    tmp_path.chmod(0o750)
+    SQLiteSessionStore(path).close()
+    assert _mode(path) == 0o640 and _mode(tmp_path) == 0o750
 
 
 def test_session_ids_are_128_bit_random():

@@ -9,6 +9,9 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from . import __version__
+from ._logging import LEVELS
+from .config import GenerationConfig
 from .types import Action, Reply, Verdict
 
 __all__ = ["main"]
@@ -159,7 +162,11 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     except (OSError, ValueError) as exc:
         print(f"companion serve: {exc}", file=sys.stderr)
         return 2
-    configure_logging(args.log_level or settings.log_level)
+    try:
+        configure_logging(args.log_level or settings.log_level)
+    except ValueError as exc:
+        print(f"companion serve: {exc}", file=sys.stderr)
+        return 2
     me = sys.argv[0] if os.path.basename(sys.argv[0]) == "companion" else "companion"
 
     def listening(server: CompanionServer) -> None:
@@ -198,8 +205,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     except ModelLoadError as exc:
         print(f"companion serve: {exc}", file=sys.stderr)
         return 1
-    except (OSError, RuntimeError) as exc:  # e.g. the port is taken
-        print(f"companion serve: cannot serve on {settings.address}: {exc}", file=sys.stderr)
+    except OSError as exc:  # a port is taken; the message names which
+        print(f"companion serve: {exc}", file=sys.stderr)
         return 1
     return 0
 
@@ -207,8 +214,12 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``companion`` command."""
     parser = argparse.ArgumentParser(prog="companion", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument(
-        "--log-level", default=None, help="structlog level (default: warning; serve: info)"
+        "--log-level",
+        default=None,
+        choices=LEVELS,
+        help="log level on stderr (default: warning; serve: info or its log_level setting)",
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -220,7 +231,12 @@ def build_parser() -> argparse.ArgumentParser:
     chat.add_argument(
         "--adapter", default="shipped", help="PEFT adapter dir; 'shipped' (default) or 'none'"
     )
-    chat.add_argument("--max-new-tokens", type=int, default=160)
+    chat.add_argument(
+        "--max-new-tokens",
+        type=int,
+        default=GenerationConfig.max_new_tokens,
+        help="reply length cap in tokens, in-process (default: %(default)s, as serve)",
+    )
     chat.add_argument(
         "--seed", type=int, default=None, help="sampling seed for reproducible replies (in-process)"
     )
@@ -243,6 +259,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--metrics-port", type=int, default=None, help="Prometheus port (default: 9464)"
     )
     srv.add_argument("--config", default=None, help="TOML or YAML settings file")
+    srv.add_argument(
+        "--log-level",
+        default=argparse.SUPPRESS,  # keeps a `companion --log-level X serve` given before it
+        choices=LEVELS,
+        help="log level (default: the log_level setting, info)",
+    )
     srv.set_defaults(func=_cmd_serve)
 
     cls = sub.add_parser("classify", help="print the safety verdict of a text as JSON")

@@ -12,8 +12,7 @@ from collections.abc import Callable, Iterator
 from collections.abc import Generator as Generator_
 from dataclasses import dataclass
 
-import structlog
-
+from ._logging import get_logger
 from ._release import ReleaseBuffer
 from ._triage import apply_triage, model_history, triage_state
 from .config import PipelineConfig
@@ -38,7 +37,7 @@ from .types import (
 
 __all__ = ["Pipeline", "StreamEvent", "TextDelta", "TurnDone", "Withheld"]
 
-log = structlog.get_logger(__name__)
+log = get_logger(__name__)
 
 
 @dataclass(frozen=True)

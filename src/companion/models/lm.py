@@ -15,8 +15,7 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import structlog
-
+from .._logging import get_logger
 from ..config import cache_dir as default_cache_dir
 from ..errors import ModelLoadError
 
@@ -32,7 +31,7 @@ __all__ = [
     "shipped_adapter_path",
 ]
 
-log = structlog.get_logger(__name__)
+log = get_logger(__name__)
 
 EMBEDDED_BASE = "embedded:smollm2-135m-instruct"
 """Name of the embedded default base model in configs and logs."""

@@ -14,12 +14,12 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import structlog
 from grpc import aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from .._companion import Companion
+from .._logging import get_logger
 from .._proto.companion.v1 import companion_pb2 as pb
 from .._proto.companion.v1 import companion_pb2_grpc as pb_grpc
 from ..config import GenerationConfig
@@ -30,7 +30,7 @@ from .settings import ServerSettings
 
 __all__ = ["SERVICE_NAME", "CompanionServer", "load_companion", "serve", "warm_up"]
 
-log = structlog.get_logger("companion.server")
+log = get_logger("companion.server")
 
 SERVICE_NAME: str = pb.DESCRIPTOR.services_by_name["CompanionService"].full_name
 # Generous for 4000 characters of UTF-8 plus metadata; larger messages get RESOURCE_EXHAUSTED
@@ -62,6 +62,17 @@ def warm_up(companion: Companion) -> None:
         messages, GenerationConfig(max_new_tokens=2, do_sample=False)
     ):
         pass
+
+
+def _bind(server: aio.Server, address: str) -> int:
+    failed = f"cannot listen for gRPC on {address}: address in use or unavailable"
+    try:
+        port = server.add_insecure_port(address)
+    except RuntimeError as exc:  # grpc's "Failed to bind to address ..."
+        raise OSError(failed) from exc
+    if port == 0:
+        raise OSError(failed)
+    return int(port)
 
 
 class CompanionServer:
@@ -104,7 +115,12 @@ class CompanionServer:
         return f"{self.settings.host}:{self.port}"
 
     async def start(self) -> None:
-        """Bind, start serving (health NOT_SERVING) and begin loading the models."""
+        """Bind, start serving (health NOT_SERVING) and begin loading the models.
+
+        Raises:
+            OSError: the gRPC or the metrics address cannot be bound (the message names it);
+                nothing is left running.
+        """
         s = self.settings
         server = aio.server(
             interceptors=[ServiceInterceptor(self.metrics, s.api_keys)],
@@ -121,13 +137,21 @@ class CompanionServer:
         )
         for name in ("", SERVICE_NAME):
             await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
-        self.port = server.add_insecure_port(s.address)
-        if self.port == 0:
-            raise OSError(f"could not bind {s.address}")
-        await server.start()
+        try:
+            self.port = _bind(server, s.address)
+            await server.start()
+            if s.metrics_port is not None:
+                try:
+                    self.metrics_port = self.metrics.serve_http(s.host, s.metrics_port)
+                except OSError as exc:
+                    where = f"{s.host}:{s.metrics_port}"
+                    reason = exc.strerror or type(exc).__name__
+                    raise OSError(f"cannot serve metrics on {where}: {reason}") from exc
+        except BaseException:
+            # A server left running would be shut down by its finaliser on a closed event loop.
+            await server.stop(None)
+            raise
         self._server = server
-        if s.metrics_port is not None:
-            self.metrics_port = self.metrics.serve_http(s.host, s.metrics_port)
         log.info(
             "server_started",
             address=self.address,
@@ -201,6 +225,7 @@ async def serve(
 
     Raises:
         ModelLoadError: the models could not be loaded.
+        OSError: the gRPC or the metrics address cannot be bound.
     """
     server = CompanionServer(settings, factory=factory)
     await server.start()

@@ -22,9 +22,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
 import grpc
-import structlog
 from grpc import aio
 
+from .._logging import get_logger
 from .._proto.companion.v1 import companion_pb2 as pb
 from ..errors import (
     Cancelled,
@@ -41,7 +41,7 @@ from .metrics import Metrics
 
 __all__ = ["STATUS_CODES", "ServiceInterceptor", "caller_owner", "owner_of_key"]
 
-log = structlog.get_logger("companion.server")
+log = get_logger("companion.server")
 
 SERVICE_PREFIX = "/companion.v1.CompanionService/"
 

@@ -1,93 +1,154 @@
-"""Server settings: one frozen dataclass, filled from a file, ``COMPANION_*`` variables and flags.
+"""Server settings: one frozen pydantic-settings model, filled from a file, ``COMPANION_*``
+variables and flags.
 
 Precedence, lowest first: defaults, ``--config FILE`` (TOML or YAML), environment variables,
-command-line flags. Only the entry point reads the environment (:meth:`ServerSettings.from_env`).
+command-line flags. Constructing :class:`ServerSettings` reads nothing: only the entry point
+reads the environment (:meth:`ServerSettings.from_env`) and the file
+(:meth:`ServerSettings.from_file`).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+    YamlConfigSettingsSource,
+)
 
 from ..config import GenerationConfig, PipelineConfig
 
 __all__ = ["ServerSettings"]
 
 _ENV_PREFIX = "COMPANION_"
+_OPTIONAL_PATHS = ("db_path", "model", "adapter", "encoder", "device")
 
 
-def _check(cond: bool, name: str, value: object, rule: str) -> None:
-    if not cond:
-        raise ValueError(f"{name}={value!r}: {rule}")
-
-
-@dataclass(frozen=True)
-class ServerSettings:
+class ServerSettings(BaseSettings):
     """Everything ``companion serve`` needs, validated at construction.
 
-    Each field is also read from ``COMPANION_<FIELD>`` (upper case), e.g. ``COMPANION_PORT``;
-    ``COMPANION_API_KEYS`` is a comma-separated list.
+    Each field is also read from ``COMPANION_<FIELD>`` (upper case) by :meth:`from_env`, e.g.
+    ``COMPANION_PORT``; ``COMPANION_API_KEYS`` is a comma-separated list and
+    ``COMPANION_METRICS_PORT=off`` turns the metrics endpoint off. A bad value raises
+    ``ValueError`` naming the field (and the variable or file it came from), never the value
+    itself: values can be API keys.
 
     Example:
         >>> ServerSettings.from_env(base=ServerSettings.from_file("serve.toml")).replace(port=0)
     """
 
-    host: str = field(default="127.0.0.1", metadata={"help": "interface to listen on"})
-    port: int = field(default=50051, metadata={"help": "gRPC port; 0 picks a free one"})
-    metrics_port: int | None = field(
-        default=9464, metadata={"help": "Prometheus /metrics HTTP port; 0 picks one; None: off"}
+    model_config = SettingsConfigDict(
+        env_prefix=_ENV_PREFIX,
+        frozen=True,
+        extra="forbid",
+        hide_input_in_errors=True,
+        str_strip_whitespace=True,
     )
-    api_keys: tuple[str, ...] = field(
-        default=(), metadata={"help": "accepted bearer keys; empty disables authentication"}
+
+    host: str = Field(default="127.0.0.1", description="interface to listen on")
+    port: int = Field(default=50051, ge=0, le=65535, description="gRPC port; 0 picks a free one")
+    metrics_port: int | None = Field(
+        default=9464,
+        ge=0,
+        le=65535,
+        description="Prometheus /metrics HTTP port; 0 picks one; None (or 'off'): off",
+    )
+    api_keys: Annotated[tuple[str, ...], NoDecode] = Field(
+        default=(),
+        description="accepted bearer keys; empty disables authentication",
+        repr=False,  # secrets
     )
     session_store: Literal["sqlite", "memory"] = "sqlite"
-    db_path: str | None = field(default=None, metadata={"help": "SQLite file for sessions"})
-    model: str | None = field(default=None, metadata={"help": "base model; None: embedded"})
-    adapter: str | None = field(
+    db_path: str | None = Field(default=None, description="SQLite file for sessions")
+    model: str | None = Field(default=None, description="base model; None: embedded")
+    adapter: str | None = Field(
         default="shipped",
-        metadata={"help": "PEFT adapter dir; 'shipped' (default) or 'none' for the bare base"},
+        description="PEFT adapter dir; 'shipped' (default) or 'none' for the bare base",
     )
-    encoder: str | None = field(default=None, metadata={"help": "sentence encoder; None: embedded"})
+    encoder: str | None = Field(default=None, description="sentence encoder; None: embedded")
     device: str | None = None
-    max_new_tokens: int = field(default=200, metadata={"help": "reply length cap in tokens"})
+    max_new_tokens: int = Field(
+        default=GenerationConfig.max_new_tokens, description="reply length cap in tokens"
+    )
     do_sample: bool = True
-    max_message_chars: int = field(default=4000, metadata={"help": "longer text is rejected"})
-    max_concurrent_rpcs: int = field(
-        default=64, metadata={"help": "more concurrent calls get RESOURCE_EXHAUSTED"}
+    max_message_chars: int = Field(default=4000, description="longer text is rejected")
+    max_concurrent_rpcs: int = Field(
+        default=64, ge=1, description="more concurrent calls get RESOURCE_EXHAUSTED"
     )
-    grace_seconds: float = field(
-        default=10.0, metadata={"help": "how long in-flight calls may finish on shutdown"}
+    grace_seconds: float = Field(
+        default=10.0, ge=0, description="how long in-flight calls may finish on shutdown"
     )
-    warmup: bool = field(default=True, metadata={"help": "one short generation before SERVING"})
-    log_level: str = "info"
+    warmup: bool = Field(default=True, description="one short generation before SERVING")
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        default="info", description="log level of `companion serve`"
+    )
 
-    def __post_init__(self) -> None:
-        _check(0 <= self.port <= 65535, "port", self.port, "0..65535")
-        _check(
-            self.metrics_port is None or 0 <= self.metrics_port <= 65535,
-            "metrics_port",
-            self.metrics_port,
-            "0..65535 or None",
-        )
-        _check(
-            self.session_store in ("sqlite", "memory"),
-            "session_store",
-            self.session_store,
-            "'sqlite' or 'memory'",
-        )
-        _check(
-            self.max_concurrent_rpcs >= 1, "max_concurrent_rpcs", self.max_concurrent_rpcs, ">= 1"
-        )
-        _check(self.grace_seconds >= 0, "grace_seconds", self.grace_seconds, ">= 0")
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Construction takes its arguments only: a library, a test or test_settings() must not
+        # pick up COMPANION_* variables of the shell. from_env/from_file read them on purpose.
+        return (init_settings,)
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _split_keys(cls, value: Any) -> Any:
+        if isinstance(value, str):  # COMPANION_API_KEYS=key1,key2
+            return tuple(k.strip() for k in value.split(",") if k.strip())
+        return value
+
+    @field_validator("api_keys")
+    @classmethod
+    def _long_keys(cls, value: tuple[str, ...]) -> tuple[str, ...]:
         # Keys are secrets: the error names the rule, never the value.
-        if any(not isinstance(k, str) or len(k) < 16 for k in self.api_keys):
-            raise ValueError("api_keys: every key must be a string of at least 16 characters")
-        self.pipeline_config()  # validates max_new_tokens and max_message_chars
+        if any(len(k) < 16 for k in value):
+            raise ValueError("every key must be a string of at least 16 characters")
+        return value
+
+    @field_validator("metrics_port", mode="before")
+    @classmethod
+    def _metrics_off(cls, value: Any) -> Any:
+        if isinstance(value, str) and value.strip().lower() in ("", "none", "off"):
+            return None
+        return value
+
+    @field_validator(*_OPTIONAL_PATHS, mode="before")
+    @classmethod
+    def _empty_is_none(cls, value: Any) -> Any:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _lower_level(cls, value: Any) -> Any:
+        return value.strip().lower() if isinstance(value, str) else value
+
+    @field_validator("max_new_tokens")
+    @classmethod
+    def _generation_limit(cls, value: int) -> int:
+        GenerationConfig(max_new_tokens=value)  # the library's own rule and message
+        return value
+
+    @field_validator("max_message_chars")
+    @classmethod
+    def _message_limit(cls, value: int) -> int:
+        PipelineConfig(max_message_chars=value)
+        return value
 
     @property
     def address(self) -> str:
@@ -104,85 +165,96 @@ class ServerSettings:
         )
 
     def replace(self, **changes: Any) -> ServerSettings:
-        """A copy with ``changes`` applied (``None`` values are ignored)."""
-        return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
+        """A validated copy with ``changes`` applied (``None`` values are ignored)."""
+        given = {k: v for k, v in changes.items() if v is not None}
+        return _build(type(self), self, given, {})
 
     @classmethod
     def from_mapping(
         cls, data: Mapping[str, Any], base: ServerSettings | None = None
     ) -> ServerSettings:
-        """Settings from a mapping of field names (unknown names raise ValueError)."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown server settings: {', '.join(unknown)}")
-        values = dict(data)
-        if "api_keys" in values:
-            values["api_keys"] = tuple(values["api_keys"])
-        return dataclasses.replace(base or cls(), **values)
+        """Settings from a mapping of field names over ``base`` (unknown names raise
+        ValueError)."""
+        return _build(cls, base, data, {})
 
     @classmethod
     def from_file(
         cls, path: str | os.PathLike[str], base: ServerSettings | None = None
     ) -> ServerSettings:
-        """Settings from a TOML (``.toml``) or YAML (``.yaml``/``.yml``) file.
+        """Settings from a TOML (``.toml``) or YAML (``.yaml``/``.yml``) file over ``base``.
 
         The file holds the field names at top level, or under a ``server`` table.
+
+        Raises:
+            OSError: the file cannot be read.
+            ValueError: not a TOML or YAML file, not a table, or a bad or unknown setting.
         """
         p = Path(path)
-        if p.suffix == ".toml":
-            data: Any = tomllib.loads(p.read_text(encoding="utf-8"))
-        elif p.suffix in (".yaml", ".yml"):
-            import yaml
-
-            data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
-        else:
+        # pydantic-settings' file sources skip a missing file and drop unknown keys without a
+        # word; a typo in a --config path or a setting name must be an error, so we check the
+        # file ourselves and validate the whole table (extra="forbid").
+        if p.suffix not in (".toml", ".yaml", ".yml"):
             raise ValueError(f"config file {p}: use a .toml, .yaml or .yml file")
-        if not isinstance(data, dict):
-            raise ValueError(f"config file {p}: expected a table of settings")
+        if not p.is_file():
+            raise FileNotFoundError(f"config file {p} not found")
+        try:
+            data: Any = (
+                TomlConfigSettingsSource(cls, toml_file=p).toml_data
+                if p.suffix == ".toml"
+                else YamlConfigSettingsSource(
+                    cls, yaml_file=p, yaml_file_encoding="utf-8"
+                ).yaml_data
+            )
+        except OSError:
+            raise
+        except Exception as exc:  # tomllib.TOMLDecodeError, yaml.YAMLError, a top-level list
+            raise ValueError(f"config file {p}: not a table of settings{_where(exc)}") from None
         if isinstance(data.get("server"), dict):
             data = data["server"]
-        return cls.from_mapping(data, base)
+        return _build(cls, base, data, dict.fromkeys(data, str(p)))
 
     @classmethod
     def from_env(
         cls, environ: Mapping[str, str] | None = None, base: ServerSettings | None = None
     ) -> ServerSettings:
-        """Settings from ``COMPANION_*`` variables over ``base`` (defaults when ``None``)."""
-        env = os.environ if environ is None else environ
-        values: dict[str, Any] = {}
-        for f in fields(cls):
-            raw = env.get(_ENV_PREFIX + f.name.upper())
-            if raw is not None:
-                values[f.name] = _parse(f.name, raw, base or cls())
-        return dataclasses.replace(base or cls(), **values)
+        """Settings from ``COMPANION_*`` variables (``os.environ`` by default) over ``base``."""
+        source = EnvSettingsSource(cls, case_sensitive=False, env_prefix=_ENV_PREFIX)
+        if environ is not None:
+            source.env_vars = {k.lower(): v for k, v in environ.items()}
+        values = source()
+        origin = {name: _ENV_PREFIX + name.upper() for name in values}
+        return _build(cls, base, values, origin)
 
 
-def _parse(name: str, raw: str, current: ServerSettings) -> Any:
-    value = getattr(current, name)
-    raw = raw.strip()
-    if name == "api_keys":
-        return tuple(k.strip() for k in raw.split(",") if k.strip())
-    if name in ("metrics_port",) and raw.lower() in ("", "none", "off"):
-        return None
-    if name in (
-        "port",
-        "metrics_port",
-        "max_new_tokens",
-        "max_message_chars",
-        "max_concurrent_rpcs",
-    ):
-        try:
-            return int(raw)
-        except ValueError:
-            raise ValueError(f"{_ENV_PREFIX}{name.upper()}={raw!r}: expected an integer") from None
-    if name == "grace_seconds":
-        try:
-            return float(raw)
-        except ValueError:
-            raise ValueError(f"{_ENV_PREFIX}{name.upper()}={raw!r}: expected seconds") from None
-    if isinstance(value, bool):
-        if raw.lower() not in ("1", "0", "true", "false", "yes", "no", "on", "off"):
-            raise ValueError(f"{_ENV_PREFIX}{name.upper()}={raw!r}: expected true or false")
-        return raw.lower() in ("1", "true", "yes", "on")
-    return raw or None if name in ("db_path", "model", "adapter", "encoder", "device") else raw
+def _where(exc: Exception) -> str:
+    # Where a file failed to parse, without yaml's quote of the line: it may hold an API key.
+    if isinstance(exc, tomllib.TOMLDecodeError):
+        return f" ({exc})"  # "Invalid value (at line 1, column 8)": no file content
+    mark = getattr(exc, "problem_mark", None)
+    return f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+
+
+def _build(
+    cls: type[ServerSettings],
+    base: ServerSettings | None,
+    values: Mapping[str, Any],
+    origin: Mapping[str, str],
+) -> ServerSettings:
+    """``base`` (defaults when ``None``) updated with ``values``, validated as a whole.
+
+    Raises:
+        ValueError: one line per bad field, naming it and where its value came from.
+    """
+    merged = {**(base.model_dump() if base is not None else {}), **values}
+    try:
+        return cls(**merged)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors(include_url=False, include_input=False):
+            name = ".".join(str(part) for part in err["loc"])
+            where = origin.get(str(err["loc"][0])) if err["loc"] else None
+            message = str(err["msg"]).removeprefix("Value error, ")
+            if err["type"] == "extra_forbidden":
+                message = "unknown server setting"
+            problems.append(f"{name}{f' ({where})' if where else ''}: {message}")
+        raise ValueError("; ".join(problems)) from None

@@ -37,6 +37,17 @@ CREATE TABLE IF NOT EXISTS turns (
 """
 
 
+def _create_private(path: Path) -> None:
+    """Create ``path`` empty with mode 0600 unless it exists (an empty file is an empty
+    database). Creating it ourselves, rather than setting the umask around ``connect``, leaves
+    the process-wide umask of other threads alone."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return
+    os.close(fd)
+
+
 class SQLiteSessionStore:
     """Sessions and turns in one SQLite file.
 
@@ -44,13 +55,18 @@ class SQLiteSessionStore:
     deleted conversation does not linger in free pages. One connection, guarded by a lock, is
     shared by the threads of a process.
 
+    Conversations are private: a directory the store creates is ``0700`` and a database file it
+    creates is ``0600``, and SQLite gives its ``-wal`` and ``-shm`` files the database file's
+    mode. An existing directory or file keeps its mode.
+
     Args:
         path: Database file; default ``<user data dir>/companion/sessions.sqlite3``.
     """
 
     def __init__(self, path: str | os.PathLike[str] | None = None) -> None:
         self.path = Path(path) if path is not None else data_dir() / "sessions.sqlite3"
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        _create_private(self.path)
         self._lock = threading.Lock()
         self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
