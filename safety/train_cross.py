@@ -16,6 +16,7 @@ for ``calibrate_cross.py``. Writes ``{run_dir}/cross/`` (``adapter/``, ``head.np
 
 Usage:
     python safety/train_cross.py [--run_dir runs/triage1] [--epochs 3] [--max_steps 0]
+        [--init_from EPOCH]  # train --epochs more epochs from a saved one
 """
 
 from __future__ import annotations
@@ -48,6 +49,9 @@ class Args:
     max_per_group: int = field(default=500, metadata={"help": "public rows per group and epoch"})
     threads: int = field(default=0, metadata={"help": "torch threads (0: torch default)"})
     exclude: str = field(default="cssrs", metadata={"help": "sources not trained on"})
+    init_from: str = field(
+        default="", metadata={"help": "continue from EPOCH of {run_dir}/cross (adapter, head)"}
+    )
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1 or self.lora_r < 1:
@@ -90,8 +94,21 @@ class CrossTuner:
             target_modules=["query", "key", "value", "dense"],
             bias="none",
         )
-        self.model = get_peft_model(base, config)
+        if args.init_from:
+            from peft import PeftModel
+
+            folder = Path(args.run_dir) / "cross" / f"adapter_e{args.init_from}"
+            self.model = PeftModel.from_pretrained(base, str(folder), is_trainable=True)
+            for p in self.model.parameters():  # saved as fp16; train in fp32
+                if p.requires_grad:
+                    p.data = p.data.float()
+        else:
+            self.model = get_peft_model(base, config)
         self.head = torch.nn.Linear(base.config.hidden_size, len(CLASSES))
+        if args.init_from:
+            with np.load(Path(args.run_dir) / "cross" / f"head_e{args.init_from}.npz") as h:
+                self.head.weight.data = torch.from_numpy(h["weight"].copy())
+                self.head.bias.data = torch.from_numpy(h["bias"].copy())
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.opt = torch.optim.AdamW(
             [{"params": params}, {"params": self.head.parameters(), "lr": args.lr * 5}],
@@ -180,7 +197,6 @@ def main(args: Args) -> None:
     torch.manual_seed(args.seed)
     if args.threads:
         torch.set_num_threads(args.threads)
-    rng = random.Random(args.seed)
     run = Path(args.run_dir)
     out = run / "cross"
     out.mkdir(parents=True, exist_ok=True)
@@ -197,11 +213,15 @@ def main(args: Args) -> None:
     val_pairs = pairs_of(val, args.context_turns)
     history: list[dict[str, Any]] = []
     step, tokens, t0, done = 0, 0, time.perf_counter(), False
-    for epoch in range(1, args.epochs + 1):
+    first = int(args.init_from or 0) + 1
+    rng = random.Random(args.seed + first - 1)  # a continuation samples new epochs
+    if args.init_from:  # the earlier epochs' history, so report.json covers them all
+        history = json.loads((out / "report.json").read_text("utf-8"))["epochs"][: first - 1]
+    for epoch in range(first, first + args.epochs):
         rows = epoch_rows(train, args.max_per_group, rng)
         pairs = pairs_of(rows, args.context_turns)
         plan = plan_batches(pairs, args.batch_size, rng)
-        banner(f"epoch {epoch}/{args.epochs}: {len(rows)} rows, {len(plan)} steps")
+        banner(f"epoch {epoch}/{first + args.epochs - 1}: {len(rows)} rows, {len(plan)} steps")
         losses = []
         for idx in plan:
             y = np.array([CLASSES.index(rows[i]["label"]) for i in idx], dtype=np.int64)
@@ -230,27 +250,32 @@ def main(args: Args) -> None:
             weight=head.weight.detach().numpy(),
             bias=head.bias.detach().numpy(),
         )
+        # after every epoch, so that calibrate_cross.py can run on what a stop leaves
+        seconds = time.perf_counter() - t0
+        report = {
+            "seed": args.seed,
+            "steps": step,
+            "epochs": history,
+            "tokens": tokens,
+            "seconds": round(seconds, 1),
+            "tokens_per_s": round(tokens / max(seconds, 1e-9), 1),
+            "lora": {
+                "r": args.lora_r,
+                "alpha": args.lora_alpha,
+                "targets": "query,key,value,dense",
+            },
+            "lr": args.lr,
+            "batch_size": args.batch_size,
+            "context_turns": args.context_turns,
+            "max_per_group": args.max_per_group,
+            "excluded_sources": sorted(excluded),
+            "class_counts": dict(zip(CLASSES, counts.astype(int).tolist(), strict=True)),
+            "train_rows": len(train),
+        }
+        (out / "report.json").write_text(json.dumps(report, indent=2) + "\n", "utf-8")
         if done:
             break
-    seconds = time.perf_counter() - t0
-    report = {
-        "seed": args.seed,
-        "steps": step,
-        "epochs": history,
-        "tokens": tokens,
-        "seconds": round(seconds, 1),
-        "tokens_per_s": round(tokens / max(seconds, 1e-9), 1),
-        "lora": {"r": args.lora_r, "alpha": args.lora_alpha, "targets": "query,key,value,dense"},
-        "lr": args.lr,
-        "batch_size": args.batch_size,
-        "context_turns": args.context_turns,
-        "max_per_group": args.max_per_group,
-        "excluded_sources": sorted(excluded),
-        "class_counts": dict(zip(CLASSES, counts.astype(int).tolist(), strict=True)),
-        "train_rows": len(train),
-    }
-    (out / "report.json").write_text(json.dumps(report, indent=2) + "\n", "utf-8")
-    print(f"\nwrote {out} ({step} steps, {seconds:.0f} s)")
+    print(f"\nwrote {out} ({step} steps, {time.perf_counter() - t0:.0f} s)")
 
 
 if __name__ == "__main__":
