@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 import companion
+from companion import Action, Category, Reply, TextDelta, TurnDone, Withheld
 from companion.cli import build_parser, main
 from companion.server import ServerSettings
 
@@ -104,3 +105,36 @@ def test_busy_port_is_named_in_one_line_and_exits_non_zero(busy_port, which):
     lines = lines[-1:]
     start = {"metrics": "cannot serve metrics on", "grpc": "cannot listen for gRPC on"}[which]
     assert lines[0].startswith(f"companion serve: {start} 127.0.0.1:{busy_port}: ")
+
+
+def _reply(text, action=Action.ANSWERED, category=Category.NONE):
+    return Reply(text=text, category=category, action=action)
+
+
+def test_chat_streams_checked_units_and_marks_a_withheld_reply(monkeypatch, capsys):
+    from companion.cli import _chat_loop
+
+    scripts = {
+        "hi": [TextDelta("Hello there. "), TextDelta("How are you?"), TurnDone(_reply("x"))],
+        "dose": [
+            TextDelta("Sure. "),
+            Withheld(Category.MEDICAL),
+            TurnDone(_reply("Ask a pharmacist.", Action.REDIRECTED, Category.MEDICAL), True),
+        ],
+        "bad": [TurnDone(_reply("Call 988.", Action.REDIRECTED, Category.CRISIS))],
+    }
+    lines = iter(["hi", "dose", "bad"])
+
+    def fake_input(prompt=""):
+        try:
+            return next(lines)
+        except StopIteration:
+            raise EOFError from None
+
+    monkeypatch.setattr("builtins.input", fake_input)
+    _chat_loop(lambda text: iter(scripts[text]))
+    out = capsys.readouterr().out
+    assert out.startswith("companion> Hello there. How are you?\n")
+    assert "companion> Sure. \n[withheld by the reply check]\n" in out
+    assert "companion [redirected: medical]> Ask a pharmacist." in out
+    assert "companion [redirected: crisis]> Call 988." in out

@@ -6,7 +6,7 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from . import __version__
@@ -75,7 +75,12 @@ def _encoder(name: str) -> Any:
     return load_encoder(name)
 
 
-def _chat_loop(send: Callable[[str], Reply]) -> None:
+def _chat_loop(stream: Callable[[str], Iterator[Any]]) -> None:
+    """Read lines, stream each reply: checked units as they are released; a redirect or
+    check-in (no generated text) is printed whole with its tag; a withheld reply is marked and
+    followed by the fixed message that replaced it."""
+    from .pipeline import TextDelta, TurnDone, Withheld
+
     prompt = "you> " if sys.stdin.isatty() else ""  # piped input: keep stdout to replies
     while True:
         try:
@@ -85,12 +90,24 @@ def _chat_loop(send: Callable[[str], Reply]) -> None:
             break
         if not text.strip():
             continue
-        reply = send(text)
-        tag = {
-            Action.REDIRECTED: f" [redirected: {reply.category.value}]",
-            Action.CHECKED_IN: " [check-in]",
-        }.get(reply.action, "")
-        print(f"companion{tag}> {reply.text}\n", flush=True)
+        shown = False
+        for event in stream(text):
+            if isinstance(event, TextDelta):
+                print(event.text if shown else f"companion> {event.text}", end="", flush=True)
+                shown = True
+            elif isinstance(event, Withheld) and shown:
+                print("\n[withheld by the reply check]", flush=True)
+                shown = False
+            elif isinstance(event, TurnDone):
+                reply: Reply = event.reply
+                if shown:
+                    print("\n", flush=True)
+                    continue
+                tag = {
+                    Action.REDIRECTED: f" [redirected: {reply.category.value}]",
+                    Action.CHECKED_IN: " [check-in]",
+                }.get(reply.action, "")
+                print(f"companion{tag}> {reply.text}\n", flush=True)
 
 
 def _cmd_chat_remote(args: argparse.Namespace) -> int:
@@ -110,7 +127,7 @@ def _cmd_chat_remote(args: argparse.Namespace) -> int:
             " or a doctor.\nType a message and press Enter; Ctrl-D to leave.\n",
             file=sys.stderr,
         )
-        _chat_loop(lambda text: client.send(sid, text))
+        _chat_loop(lambda text: client.stream(sid, text))
         print(f"Session {sid} is kept on the server.", file=sys.stderr)
     return 0
 
@@ -141,7 +158,7 @@ def _cmd_chat(args: argparse.Namespace) -> int:
             "Type a message and press Enter; Ctrl-D to leave.\n",
             file=sys.stderr,
         )
-        _chat_loop(session.send)
+        _chat_loop(session.stream)
         if not args.memory:
             print(f"Session {session.id} is kept in the session store.", file=sys.stderr)
     return 0
