@@ -130,3 +130,21 @@ def test_missing_or_broken_file_is_an_error(tmp_path):
     toml.write_text("port = = 1\n")
     with pytest.raises(ValueError, match="not a table of settings"):
         ServerSettings.from_file(toml)
+
+
+def test_torch_threads_default_to_half_the_cpus_and_are_validated(monkeypatch):
+    from companion.models._threads import default_torch_threads, set_torch_threads
+
+    assert [default_torch_threads(n) for n in (1, 2, 3, 16)] == [1, 1, 1, 8]
+    monkeypatch.setenv("COMPANION_TORCH_THREADS", "0")
+    with pytest.raises(ValueError, match="torch_threads"):
+        ServerSettings.from_env()
+    monkeypatch.setenv("COMPANION_TORCH_THREADS", "1")
+    assert ServerSettings.from_env().torch_threads == 1
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        assert set_torch_threads(1) == 1 and torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)

@@ -141,6 +141,9 @@ def _cmd_chat(args: argparse.Namespace) -> int:
         "Loading models (the first run converts the embedded model, about a minute)...",
         file=sys.stderr,
     )
+    from .models._threads import set_torch_threads
+
+    set_torch_threads(None)
     config = PipelineConfig(
         generation=GenerationConfig(max_new_tokens=args.max_new_tokens, seed=args.seed)
     )

@@ -41,7 +41,12 @@ CompanionFactory = Callable[[ServerSettings], Companion]
 
 
 def load_companion(settings: ServerSettings) -> Companion:
-    """The library facade these settings describe (embedded models unless named)."""
+    """The library facade these settings describe (embedded models unless named), with torch's
+    threads set first (``settings.torch_threads``)."""
+    from ..models._threads import set_torch_threads
+
+    threads = set_torch_threads(settings.torch_threads)
+    log.info("torch_threads", threads=threads)
     return Companion.from_defaults(
         settings.session_store,
         model=settings.model,

@@ -89,6 +89,11 @@ class ServerSettings(BaseSettings):
         default=10.0, ge=0, description="how long in-flight calls may finish on shutdown"
     )
     warmup: bool = Field(default=True, description="one short generation before SERVING")
+    torch_threads: int | None = Field(
+        default=None,
+        ge=1,
+        description="torch intra-op threads for the guard and the model; None: half the CPUs",
+    )
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         default="info", description="log level of `companion serve`"
     )
