@@ -211,3 +211,20 @@ def test_release_units(deltas, units):
 def test_release_buffer_rejects_bad_limits():
     with pytest.raises(ValueError, match="min_clause_chars"):
         ReleaseBuffer(min_clause_chars=300, max_chars=200)
+
+
+def test_the_last_units_are_sent_only_after_the_turn_is_stored(make_pipeline):
+    log: list[tuple[str, str]] = []
+    p = make_pipeline(guard=LoggingGuard(log), generator=CountingGenerator([SAFE]))
+    sid = _session(p)
+    stored_when_seen = []
+    for event in p.stream(sid, "hello"):
+        if isinstance(event, TextDelta):
+            stored_when_seen.append((event.text, len(p.store.history(sid))))
+    # mid-stream units go out before the commit (a client leaving then stores nothing); the
+    # units the final check passed go out after it (a client that saw them all has the turn)
+    assert stored_when_seen == [
+        ("I hear you. ", 0),
+        ("That sounds like a hard week. ", 0),
+        ("Have you had any rest?", 2),
+    ]

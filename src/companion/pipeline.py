@@ -167,6 +167,8 @@ class Pipeline:
         verdict_in, held_back = apply_triage(verdict_in, state)
         timings["input_guard_ms"] = _ms(t0)
         verdict_out: Verdict | None = None
+        released: list[str] = []  # generated units the output guard passed
+        sent = [0]  # how many of them were yielded before the commit
         if verdict_in.fired:
             reply_text, resources, category, action = self._fixed_reply(verdict_in, info.locale)
         else:
@@ -180,9 +182,8 @@ class Pipeline:
                 self.generator.count_tokens,
                 budget,
             )
-            released: list[str] = []
             verdict_out, gen_ms, check_ms = yield from self._release_checked(
-                messages, released, stop, session_id
+                messages, released, sent, stop, session_id
             )
             timings["generate_ms"], timings["output_guard_ms"] = gen_ms, check_ms
             if verdict_out.fired:
@@ -234,6 +235,9 @@ class Pipeline:
             **timings,
         )
         withheld = verdict_out is not None and verdict_out.fired
+        if not withheld:
+            for part in released[sent[0] :]:
+                yield TextDelta(part)
         if withheld:
             yield Withheld(category)
         yield TurnDone(reply, withheld=withheld)
@@ -242,6 +246,7 @@ class Pipeline:
         self,
         messages: list[ChatMessage],
         released: list[str],
+        sent: list[int],
         stop: ShouldStop,
         session_id: str,
     ) -> Generator_[TextDelta, None, tuple[Verdict, float, float]]:
@@ -250,8 +255,11 @@ class Pipeline:
         read as advice that the whole reply is not) and generation goes on; the next check
         reads the longer reply. The last check reads the complete reply, as ``turn`` always
         did: when it fires, nothing held is released. A check that fails (raises) stops at
-        once. Appends released units to ``released``; returns the last verdict, the generation
-        time and the time spent in the output guard, in ms.
+        once. Appends released units to ``released`` and counts in ``sent[0]`` those yielded;
+        the units passed by the final check are yielded by :meth:`stream` after the turn is
+        stored, so a client that saw the whole reply knows it was stored, and one that left
+        before it stored nothing. Returns the last verdict, the generation time and the time
+        spent in the output guard, in ms.
 
         Raises:
             Cancelled: ``stop()`` became true.
@@ -283,9 +291,11 @@ class Pipeline:
                     if verdict.error is not None:
                         break  # fail closed, at once
                     if not verdict.fired:
-                        for part in held:
-                            released.append(part)
-                            yield TextDelta(part)
+                        released += held
+                        if delta is not None:  # the last units go out after the commit
+                            for part in held:
+                                yield TextDelta(part)
+                            sent[0] = len(released)
                         held = []
                 if delta is None:
                     break
