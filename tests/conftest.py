@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import importlib
 import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import ModuleType
 
@@ -11,6 +12,7 @@ from companion import Pipeline, PipelineConfig, ResourceCatalogue
 from companion.sessions import InMemorySessionStore
 
 from .fakes import FakeGenerator, FakeGuard
+from .redis_server import RedisServer
 
 
 @pytest.fixture
@@ -48,3 +50,26 @@ def safety_script(name: str) -> ModuleType:
         return importlib.import_module(name)
     finally:
         sys.path.pop(0)
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """A real redis-server for the whole run (skips if redis-server is not on PATH)."""
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def make_redis_server(tmp_path: Path) -> Iterator[Callable[..., RedisServer]]:
+    """Start a redis-server of the test's own (to stop or freeze it; extra arguments go to
+    redis-server); stopped afterwards."""
+    started: list[RedisServer] = []
+
+    def make(*args: str) -> RedisServer:
+        started.append(RedisServer(tmp_path / f"redis{len(started)}", *args))
+        return started[-1]
+
+    yield make
+    for server in started:
+        server.stop()

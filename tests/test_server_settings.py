@@ -67,7 +67,10 @@ def test_settings_are_frozen():
     ("changes", "match"),
     [
         ({"port": 70000}, r"port\n  Input should be less than or equal to 65535"),
-        ({"session_store": "redis"}, "session_store\n  Input should be 'sqlite' or 'memory'"),
+        (
+            {"session_store": "postgres"},
+            "session_store\n  Input should be 'sqlite', 'memory' or 'redis'",
+        ),
         ({"max_new_tokens": 0}, "max_new_tokens=0: 1..4096"),
         ({"api_keys": ("short",)}, "at least 16"),
         ({"log_level": "loud"}, "log_level\n  Input should be 'debug'"),

@@ -1,4 +1,5 @@
-"""Session stores: both implementations behave alike; SQLite survives a restart."""
+"""Session stores: all implementations behave alike; SQLite survives a restart (the Redis store's
+own tests are in test_sessions_redis.py)."""
 
 from __future__ import annotations
 
@@ -12,19 +13,21 @@ import pytest
 from companion import Action, Category, Role, SessionInfo, SessionNotFound, Turn
 from companion.sessions import (
     InMemorySessionStore,
+    RedisSessionStore,
     SQLiteSessionStore,
     is_valid_session_id,
     new_session_id,
 )
 
 
-@pytest.fixture(params=["memory", "sqlite"])
+@pytest.fixture(params=["memory", "sqlite", "redis"])
 def store(request, tmp_path):
-    s = (
-        InMemorySessionStore()
-        if request.param == "memory"
-        else SQLiteSessionStore(tmp_path / "s.db")
-    )
+    if request.param == "memory":
+        s = InMemorySessionStore()
+    elif request.param == "sqlite":
+        s = SQLiteSessionStore(tmp_path / "s.db")
+    else:
+        s = RedisSessionStore(request.getfixturevalue("redis_server").url)
     yield s
     s.close()
 
@@ -58,6 +61,57 @@ def test_create_append_history_delete(store):
 def test_append_to_unknown_session(store):
     with pytest.raises(SessionNotFound):
         store.append(new_session_id(), _turns("x"))
+
+
+def test_unknown_session_reads_and_deletes(store):
+    sid = new_session_id()
+    assert store.get(sid) is None and store.delete(sid) is False
+    with pytest.raises(SessionNotFound):
+        store.history(sid)
+
+
+def test_new_session_has_empty_history_and_unicode_round_trips(store):
+    sid = new_session_id()
+    info = SessionInfo(sid, "de-DE", 1767225600.123456, "", {"clé": "wert ✓"})
+    store.create(info)
+    assert store.get(sid) == info and store.history(sid) == []
+    turn = Turn(Role.USER, "Grüße 👋\nzweite Zeile", 1767225600.5, scores={"crisis": 0.125})
+    store.append(sid, [turn])
+    (back,) = store.history(sid)
+    expected = Turn(turn.role, turn.text, turn.timestamp, scores={"crisis": 0.125}, index=0)
+    assert back == expected
+
+
+def test_history_offset_and_limit(store):
+    sid = new_session_id()
+    store.create(SessionInfo(sid, "en-US", time.time()))
+    for n in range(3):
+        store.append(sid, _turns(f"m{n}"))  # turns 0..5
+    assert [t.index for t in store.history(sid, offset=4)] == [4, 5]
+    assert [t.index for t in store.history(sid, offset=2, limit=3)] == [2, 3, 4]
+    assert [t.index for t in store.history(sid, offset=5, limit=10)] == [5]
+    assert store.history(sid, offset=6) == [] and store.history(sid, offset=99, limit=2) == []
+    assert store.history(sid, limit=0) == [] and store.history(sid, offset=3, limit=0) == []
+    assert [t.text for t in store.history(sid, offset=2, limit=2)] == ["m1", "reply"]
+
+
+def test_creating_an_existing_id_fails_and_keeps_the_first(store):
+    sid = new_session_id()
+    store.create(SessionInfo(sid, "en-GB", 1.0, "first"))
+    with pytest.raises((ValueError, sqlite3.IntegrityError)):
+        store.create(SessionInfo(sid, "fr-FR", 2.0, "second"))
+    assert store.get(sid) == SessionInfo(sid, "en-GB", 1.0, "first")
+
+
+def test_deleted_session_can_be_told_from_a_live_one(store):
+    keep, gone = new_session_id(), new_session_id()
+    for sid in (keep, gone):
+        store.create(SessionInfo(sid, "en-US", time.time()))
+        store.append(sid, _turns(sid))
+    assert store.delete(gone) is True
+    assert [t.text for t in store.history(keep)] == [keep, "reply"]
+    with pytest.raises(SessionNotFound):
+        store.append(gone, _turns("late"))
 
 
 def test_sqlite_history_survives_reopening(tmp_path):

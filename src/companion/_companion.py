@@ -16,7 +16,7 @@ from .models.lm import SHIPPED_ADAPTER
 from .pipeline import Pipeline, StreamEvent
 from .protocols import Generator, SafetyGuard, SessionStore, ShouldStop
 from .resources import ResourceCatalogue, parse_locale
-from .sessions import InMemorySessionStore, SQLiteSessionStore, new_session_id
+from .sessions import InMemorySessionStore, RedisSessionStore, SQLiteSessionStore, new_session_id
 from .types import Reply, SessionInfo, Turn
 
 __all__ = ["Companion", "Session"]
@@ -91,13 +91,14 @@ class Companion:
     @classmethod
     def from_defaults(
         cls,
-        session_store: Literal["sqlite", "memory"] | SessionStore = "sqlite",
+        session_store: Literal["sqlite", "memory", "redis"] | SessionStore = "sqlite",
         *,
         model: str | os.PathLike[str] | None = None,
         adapter: str | os.PathLike[str] | None = SHIPPED_ADAPTER,
         merge_adapter: bool = True,
         encoder: str | os.PathLike[str] | None = None,
         db_path: str | os.PathLike[str] | None = None,
+        redis_url: str | None = None,
         config: PipelineConfig | None = None,
         device: str | None = None,
     ) -> Companion:
@@ -105,7 +106,10 @@ class Companion:
 
         Args:
             session_store: ``"sqlite"`` (default file under the user data dir, or ``db_path``),
-                ``"memory"``, or any :class:`~companion.protocols.SessionStore`.
+                ``"memory"``, ``"redis"`` (at ``redis_url``, with
+                :class:`~companion.sessions.RedisSessionStore`'s default TTL and timeouts;
+                build the store yourself to choose them), or any
+                :class:`~companion.protocols.SessionStore`.
             model: Base model: ``None`` for the embedded SmolLM2-135M-Instruct, a local
                 directory or a Hugging Face id in the local cache.
             adapter: A PEFT adapter directory to apply to the base model. The default,
@@ -115,6 +119,8 @@ class Companion:
             encoder: Sentence encoder for the safety classifier: ``None`` for the embedded
                 all-MiniLM-L6-v2, or any sentence-transformers path / id.
             db_path: SQLite file when ``session_store="sqlite"``.
+            redis_url: Redis URL when ``session_store="redis"``; default
+                ``redis://127.0.0.1:6379/0``.
             config: Limits and decoding settings.
             device: ``"cpu"``, ``"cuda"``...; ``None`` picks CUDA when available.
 
@@ -124,7 +130,7 @@ class Companion:
         from .models import HFGenerator, load_causal_lm, load_encoder
         from .safety import SafetyClassifier
 
-        store = _make_store(session_store, db_path)
+        store = _make_store(session_store, db_path, redis_url)
         guard = SafetyClassifier.from_defaults(load_encoder(encoder))
         lm, tokenizer = load_causal_lm(model, adapter, merge_adapter=merge_adapter, device=device)
         return cls(guard, HFGenerator(lm, tokenizer), store, config=config)
@@ -211,13 +217,19 @@ class Companion:
         self.close()
 
 
-def _make_store(kind: str | SessionStore, db_path: str | os.PathLike[str] | None) -> SessionStore:
+def _make_store(
+    kind: str | SessionStore,
+    db_path: str | os.PathLike[str] | None,
+    redis_url: str | None = None,
+) -> SessionStore:
     if kind == "memory":
         return InMemorySessionStore()
     if kind == "sqlite":
         return SQLiteSessionStore(Path(db_path) if db_path is not None else None)
+    if kind == "redis":
+        return RedisSessionStore(redis_url) if redis_url else RedisSessionStore()
     if isinstance(kind, str):
         raise InvalidArgument(
-            f"session_store must be 'sqlite', 'memory' or a SessionStore, not {kind!r}"
+            f"session_store must be 'sqlite', 'memory', 'redis' or a SessionStore, not {kind!r}"
         )
     return kind

@@ -12,7 +12,7 @@ import asyncio
 import signal
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
 from grpc import aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -23,12 +23,14 @@ from .._logging import get_logger
 from .._proto.companion.v1 import companion_pb2 as pb
 from .._proto.companion.v1 import companion_pb2_grpc as pb_grpc
 from ..config import GenerationConfig
+from ..protocols import SessionStore
+from ..sessions import RedisSessionStore
 from .interceptors import ServiceInterceptor
 from .metrics import Metrics
 from .servicer import CompanionServicer
 from .settings import ServerSettings
 
-__all__ = ["SERVICE_NAME", "CompanionServer", "load_companion", "serve", "warm_up"]
+__all__ = ["SERVICE_NAME", "CompanionServer", "load_companion", "make_store", "serve", "warm_up"]
 
 log = get_logger("companion.server")
 
@@ -48,7 +50,7 @@ def load_companion(settings: ServerSettings) -> Companion:
     threads = set_torch_threads(settings.torch_threads)
     log.info("torch_threads", threads=threads)
     return Companion.from_defaults(
-        settings.session_store,
+        make_store(settings),
         model=settings.model,
         adapter=settings.adapter,
         encoder=settings.encoder,
@@ -56,6 +58,19 @@ def load_companion(settings: ServerSettings) -> Companion:
         config=settings.pipeline_config(),
         device=settings.device,
     )
+
+
+def make_store(settings: ServerSettings) -> SessionStore | Literal["sqlite", "memory"]:
+    """The Redis store these settings describe (URL, TTL, timeouts), or the name of the other
+    kinds for :meth:`Companion.from_defaults` to build."""
+    if settings.session_store == "redis":
+        return RedisSessionStore(
+            settings.redis_url,
+            ttl_seconds=settings.redis_ttl_seconds,
+            connect_timeout=settings.redis_connect_timeout,
+            timeout=settings.redis_timeout,
+        )
+    return settings.session_store
 
 
 def warm_up(companion: Companion) -> None:

@@ -27,6 +27,7 @@ from pydantic_settings import (
 )
 
 from ..config import GenerationConfig, PipelineConfig
+from ..sessions.redis import DEFAULT_REDIS_URL, DEFAULT_TTL_SECONDS
 
 __all__ = ["ServerSettings"]
 
@@ -68,8 +69,25 @@ class ServerSettings(BaseSettings):
         description="accepted bearer keys; empty disables authentication",
         repr=False,  # secrets
     )
-    session_store: Literal["sqlite", "memory"] = "sqlite"
+    session_store: Literal["sqlite", "memory", "redis"] = "sqlite"
     db_path: str | None = Field(default=None, description="SQLite file for sessions")
+    redis_url: str = Field(
+        default=DEFAULT_REDIS_URL,
+        description="Redis for session_store='redis': redis://[:password@]host:port/db,"
+        " rediss://... or unix:///path",
+        repr=False,  # may hold a password
+    )
+    redis_ttl_seconds: int = Field(
+        default=DEFAULT_TTL_SECONDS,
+        ge=1,
+        description="a Redis session expires this long after its last turn (30 days)",
+    )
+    redis_connect_timeout: float = Field(
+        default=2.0, gt=0, description="seconds to wait for a Redis connection"
+    )
+    redis_timeout: float = Field(
+        default=2.0, gt=0, description="seconds to wait for each Redis reply"
+    )
     model: str | None = Field(default=None, description="base model; None: embedded")
     adapter: str | None = Field(
         default="shipped",
@@ -137,6 +155,14 @@ class ServerSettings(BaseSettings):
     @classmethod
     def _empty_is_none(cls, value: Any) -> Any:
         return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_scheme(cls, value: str) -> str:
+        # The URL may hold a password: the error names the rule, never the value.
+        if not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must start with redis://, rediss:// or unix://")
+        return value
 
     @field_validator("log_level", mode="before")
     @classmethod
