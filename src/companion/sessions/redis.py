@@ -42,7 +42,7 @@ return start
 """
 
 
-def describe_url(url: str) -> str:
+def _describe_url(url: str) -> str:
     """``url`` without credentials or query, for logs and reprs: ``redis://host:port/db``.
 
     The password can sit in the user part or in a ``?password=`` query: neither is kept.
@@ -113,7 +113,7 @@ class RedisSessionStore:
                 " (or 'redis>=5,<7')"
             ) from exc
         self._errors: tuple[type[Exception], ...] = (redis.RedisError,)
-        self.url = describe_url(url)
+        self.url = _describe_url(url)
         self.ttl_seconds = ttl_seconds
         self.prefix = prefix
         self._client: redis.Redis = client or redis.Redis.from_url(
