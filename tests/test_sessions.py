@@ -6,6 +6,8 @@ from __future__ import annotations
 import os
 import sqlite3
 import stat
+import subprocess
+import sys
 import time
 
 import pytest
@@ -134,6 +136,7 @@ def test_sqlite_uses_wal_and_delete_erases_turns(tmp_path):
     store.create(SessionInfo(sid, "en-US", time.time()))
     store.append(sid, _turns("to be erased"))
     store.delete(sid)
+    assert store._db.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
     store.close()
     db = sqlite3.connect(path)
     assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
@@ -178,3 +181,80 @@ def test_session_ids_are_128_bit_random():
     assert len(ids) == 1000
     assert all(is_valid_session_id(i) and len(i) == 22 for i in ids)  # 22 * 6 bits >= 128
     assert not is_valid_session_id("short") and not is_valid_session_id("a" * 21 + "!")
+
+
+# --- erasure: deleted text leaves no bytes on disk ---------------------------------------
+
+_ERASE_SCRIPT = """
+import sys, time
+from companion import Action, Category, Role, SessionInfo, Turn
+from companion.sessions import SQLiteSessionStore, new_session_id
+path, marker = sys.argv[1], sys.argv[2]
+store = SQLiteSessionStore(path)
+keep = new_session_id()
+store.create(SessionInfo(keep, "en-US", time.time()))
+store.append(keep, [Turn(Role.USER, "kept turn", time.time(), Category.NONE, Action.ANSWERED)])
+sid = new_session_id()
+store.create(SessionInfo(sid, "en-US", time.time(), metadata={"m": marker}))
+for i in range(5):
+    store.append(sid, [Turn(Role.USER, f"{marker} {i} " + "x" * 3000, time.time(),
+                            Category.CRISIS, Action.REDIRECTED)])
+assert store.delete(sid)
+import os
+os._exit(0)  # a crash: no close, no final checkpoint
+"""
+
+
+def _files_holding(path, marker: str) -> list[str]:
+    """The database file and its -wal/-shm (those that exist) whose raw bytes hold ``marker``."""
+    needle = marker.encode()
+    candidates = [path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")]
+    return [p.name for p in candidates if p.exists() and needle in p.read_bytes()]
+
+
+def test_sqlite_delete_leaves_no_deleted_bytes_in_db_or_wal(tmp_path):
+    path = tmp_path / "s.db"
+    marker = "ERASEME-" + new_session_id()
+    store = SQLiteSessionStore(path)
+    keep = new_session_id()
+    store.create(SessionInfo(keep, "en-US", time.time()))
+    store.append(keep, _turns("kept turn"))
+    sid = new_session_id()
+    store.create(SessionInfo(sid, "en-US", time.time(), metadata={"m": marker}))
+    for i in range(5):  # long turns too, so that some spill into overflow pages
+        store.append(sid, _turns(f"{marker} {i} " + "x" * 3000))
+    assert _files_holding(path, marker) != []  # the marker was written where we look
+    assert store.delete(sid)
+    assert _files_holding(path, marker) == []  # (1) while the store is still open
+    assert [t.text for t in store.history(keep)] == ["kept turn", "reply"]
+    store.close()
+    assert _files_holding(path, marker) == []
+
+
+def test_sqlite_delete_leaves_no_deleted_bytes_after_a_crash_and_reopening(tmp_path):
+    path = tmp_path / "s.db"
+    marker = "ERASEME-" + new_session_id()
+    done = subprocess.run(
+        [sys.executable, "-c", _ERASE_SCRIPT, str(path), marker],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert path.with_name(path.name + "-wal").exists()  # it really ended without closing
+    assert _files_holding(path, marker) == []  # (2) after the crash, before any recovery
+    store = SQLiteSessionStore(path)  # (3) reopening recovers the WAL
+    assert [t.text for t in store.history(_only_session_id(path))] == ["kept turn"]
+    assert _files_holding(path, marker) == []
+    store.close()
+    assert _files_holding(path, marker) == []
+
+
+def _only_session_id(path) -> str:
+    """The id of the one session left in the database (read with a plain connection)."""
+    db = sqlite3.connect(path)
+    try:
+        ((sid,),) = db.execute("SELECT id FROM sessions").fetchall()
+    finally:
+        db.close()
+    return str(sid)

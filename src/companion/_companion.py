@@ -15,7 +15,7 @@ from .errors import InvalidArgument, SessionNotFound
 from .models.lm import SHIPPED_ADAPTER
 from .pipeline import Pipeline, StreamEvent
 from .protocols import Generator, SafetyGuard, SessionStore, ShouldStop
-from .resources import ResourceCatalogue, parse_locale
+from .resources import ResourceCatalogue, validate_locale
 from .sessions import InMemorySessionStore, RedisSessionStore, SQLiteSessionStore, new_session_id
 from .types import Reply, SessionInfo, Turn
 
@@ -146,14 +146,16 @@ class Companion:
         """Open a new conversation.
 
         Args:
-            locale: Language tag; its region picks the resource services (e.g. ``"en-GB"``).
-            metadata: Up to 16 client string pairs kept with the session.
+            locale: Language tag; its region picks the resource services (e.g. ``"en-GB"``);
+                at most 35 ASCII letters, digits, ``-`` or ``_``.
+            metadata: Up to 16 client string pairs kept with the session (keys at most 64
+                characters, values at most 256).
             owner: Opaque owner key; the service binds sessions to API keys with it.
 
         Raises:
             InvalidArgument: bad locale or metadata.
         """
-        parse_locale(locale)
+        validate_locale(locale)
         meta = dict(metadata or {})
         if len(meta) > _MAX_METADATA or not all(
             isinstance(k, str) and isinstance(v, str) and len(k) <= 64 and len(v) <= 256

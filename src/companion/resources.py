@@ -18,9 +18,19 @@ from typing import Any
 from .errors import InvalidArgument
 from .types import Category, Resource
 
-__all__ = ["FALLBACK_REGION", "Locale", "ResourceCatalogue", "parse_locale"]
+__all__ = [
+    "FALLBACK_REGION",
+    "MAX_LOCALE_CHARS",
+    "Locale",
+    "ResourceCatalogue",
+    "parse_locale",
+    "validate_locale",
+]
 
 FALLBACK_REGION = "INTL"
+MAX_LOCALE_CHARS = 35
+"""The longest locale a new session takes (RFC 5646 asks implementations to handle 35)."""
+_LOCALE_CHARS = re.compile(r"[A-Za-z0-9_-]+")
 _LOCALE = re.compile(
     r"(?P<lang>[A-Za-z]{2,3})(?:[-_](?P<script>[A-Za-z]{4}))?(?:[-_](?P<region>[A-Za-z]{2}|\d{3}))?(?:[-_][A-Za-z0-9]{1,8})*"
 )
@@ -45,6 +55,26 @@ def parse_locale(tag: str) -> Locale:
         raise InvalidArgument("locale must be a language tag such as 'en-GB'")
     region = m.group("region")
     return Locale(m.group("lang").lower(), region.upper() if region else None)
+
+
+def validate_locale(tag: str) -> Locale:
+    """Check the locale of a new session, then parse it (:func:`parse_locale`).
+
+    Stricter than :func:`parse_locale`, which also reads locales stored before this check:
+    at most :data:`MAX_LOCALE_CHARS` characters, all ASCII letters, digits, ``-`` or ``_``
+    (so no spaces, control characters or non-ASCII digits such as ``"٣"``).
+
+    Raises:
+        InvalidArgument: ``tag`` is too long, has another character, or is not a language tag.
+    """
+    if not isinstance(tag, str) or not (
+        len(tag) <= MAX_LOCALE_CHARS and tag.isascii() and _LOCALE_CHARS.fullmatch(tag)
+    ):
+        raise InvalidArgument(
+            f"locale must be a language tag such as 'en-GB': at most {MAX_LOCALE_CHARS}"
+            " ASCII letters, digits, '-' or '_'"
+        )
+    return parse_locale(tag)
 
 
 class ResourceCatalogue:

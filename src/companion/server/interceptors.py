@@ -1,14 +1,18 @@
 """The one server interceptor: authentication, error mapping, canonical log line, metrics.
 
-It wraps every ``companion.v1.CompanionService`` method (health and reflection pass through):
+It wraps every ``companion.v1.CompanionService`` method (health and reflection get only the
+undecodable-request check below):
 
 - API keys (optional): ``authorization: Bearer <key>`` metadata is compared in constant time
   with every configured key; the caller's owner id (a hash of the key, never the key) is put
   in a context variable for the servicer (:func:`caller_owner`).
 - Errors: each :class:`~companion.errors.CompanionError` becomes one status code
   (:data:`STATUS_CODES`); anything else is INTERNAL with a generic message, never UNKNOWN.
+- Undecodable requests (corrupt protobuf, invalid UTF-8) get INVALID_ARGUMENT, on every
+  service (:mod:`._boundary`): grpc would answer UNKNOWN naming protobuf's exception.
 - One ``rpc`` structlog line per call with method, code, latency, session id and verdict; and
-  the Prometheus metrics. Message and reply text are never read here.
+  the Prometheus metrics. Message and reply text are never read here, and no other string the
+  client sent is logged: a session id only when well formed, otherwise as a keyed hash.
 """
 
 from __future__ import annotations
@@ -37,9 +41,17 @@ from ..errors import (
     SessionNotFound,
     Unavailable,
 )
+from ._boundary import UNDECODABLE_MESSAGE, Undecodable, guard_foreign, safe_deserializer
+from ._boundary import session_id_fields as session_id_fields
 from .metrics import Metrics
 
-__all__ = ["STATUS_CODES", "ServiceInterceptor", "caller_owner", "owner_of_key"]
+__all__ = [
+    "STATUS_CODES",
+    "ServiceInterceptor",
+    "caller_owner",
+    "owner_of_key",
+    "session_id_fields",
+]
 
 log = get_logger("companion.server")
 
@@ -88,9 +100,7 @@ class _Call:
         self.fields: dict[str, Any] = {}
 
     def saw_request(self, request: Any) -> None:
-        sid = getattr(request, "session_id", "")
-        if sid:
-            self.fields["session_id"] = sid
+        self.fields.update(session_id_fields(getattr(request, "session_id", "")))
 
     def saw_response(self, response: Any, metrics: Metrics) -> None:
         name = type(response).__name__
@@ -161,20 +171,23 @@ class ServiceInterceptor(aio.ServerInterceptor):  # type: ignore[misc]  # grpc i
     ) -> grpc.RpcMethodHandler:
         handler = await continuation(handler_call_details)
         method_path: str = handler_call_details.method
-        if handler is None or not method_path.startswith(SERVICE_PREFIX):
+        if handler is None:
             return handler
+        if not method_path.startswith(SERVICE_PREFIX):
+            return guard_foreign(handler)  # health, reflection: only bad bytes are handled
         method = method_path.removeprefix(SERVICE_PREFIX)
         metadata = handler_call_details.invocation_metadata
+        deserialize = safe_deserializer(handler.request_deserializer)
         if handler.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(
                 self._wrap_unary(method, metadata, handler.unary_unary),
-                request_deserializer=handler.request_deserializer,
+                request_deserializer=deserialize,
                 response_serializer=handler.response_serializer,
             )
         if handler.unary_stream is not None:
             return grpc.unary_stream_rpc_method_handler(
                 self._wrap_stream(method, metadata, handler.unary_stream),
-                request_deserializer=handler.request_deserializer,
+                request_deserializer=deserialize,
                 response_serializer=handler.response_serializer,
             )
         return handler  # pragma: no cover - the service has no client-streaming methods
@@ -206,6 +219,7 @@ class ServiceInterceptor(aio.ServerInterceptor):  # type: ignore[misc]  # grpc i
             self.metrics.in_flight.inc()
             try:
                 _owner.set(self._authenticate(metadata))
+                _check_decoded(request)
                 response = await behavior(request, context)
                 call.saw_response(response, self.metrics)
                 return response
@@ -229,6 +243,7 @@ class ServiceInterceptor(aio.ServerInterceptor):  # type: ignore[misc]  # grpc i
             self.metrics.in_flight.inc()
             try:
                 _owner.set(self._authenticate(metadata))
+                _check_decoded(request)
                 async for response in behavior(request, context):
                     call.saw_response(response, self.metrics)
                     yield response
@@ -269,3 +284,9 @@ class ServiceInterceptor(aio.ServerInterceptor):  # type: ignore[misc]  # grpc i
 
 class _Unauthenticated(Exception):
     pass
+
+
+def _check_decoded(request: Any) -> None:
+    # After authentication: an unauthenticated caller learns nothing about its bytes.
+    if isinstance(request, Undecodable):
+        raise InvalidArgument(UNDECODABLE_MESSAGE)

@@ -97,7 +97,8 @@ class CompanionServicer(pb_grpc.CompanionServiceServicer):
 def _page(token: str, size: int) -> tuple[int, int]:
     if size < 0 or size > MAX_PAGE_SIZE:
         raise InvalidArgument(f"page_size must be 0..{MAX_PAGE_SIZE}")
-    if token and not (token.isdigit() and len(token) <= 9):
+    # str.isdigit alone accepts "²" (int() then fails) and 650 other non-ASCII digits ("٣").
+    if token and not (token.isascii() and token.isdigit() and len(token) <= 9):
         raise InvalidArgument("page_token is not one this service issued")
     return int(token or 0), size or DEFAULT_PAGE_SIZE
 

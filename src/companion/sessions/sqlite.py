@@ -1,4 +1,4 @@
-"""A SQLite session store (WAL mode) that survives restarts."""
+"""A SQLite session store (WAL mode) that survives restarts and erases what it deletes."""
 
 from __future__ import annotations
 
@@ -9,11 +9,14 @@ import threading
 from collections.abc import Sequence
 from pathlib import Path
 
+from .._logging import get_logger
 from ..config import data_dir
 from ..errors import SessionNotFound
 from ..types import Action, Category, Role, SessionInfo, Turn
 
 __all__ = ["SQLiteSessionStore"]
+
+log = get_logger("companion.sessions")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS sessions (
@@ -51,9 +54,19 @@ def _create_private(path: Path) -> None:
 class SQLiteSessionStore:
     """Sessions and turns in one SQLite file.
 
-    WAL mode lets readers run beside the writer; ``secure_delete`` overwrites erased turns so a
-    deleted conversation does not linger in free pages. One connection, guarded by a lock, is
-    shared by the threads of a process.
+    WAL mode lets readers run beside the writer. One connection, guarded by a lock, is shared
+    by the threads of a process.
+
+    Durability: ``synchronous=FULL``, so a turn the store acknowledged (``append`` returned) is
+    on disk, and survives a power loss as well as a process crash.
+
+    Erasure: ``secure_delete`` overwrites the erased rows in the database pages, and every
+    erasure (:meth:`delete`) ends with ``PRAGMA wal_checkpoint(TRUNCATE)``, which writes those
+    overwritten pages into the database file and empties the ``-wal`` file, where the older
+    copies of the pages (with the deleted text) would otherwise stay until the next checkpoint.
+    So once ``delete`` returns, the deleted text is in none of the store's files, even if the
+    process is killed right after. Not covered: copies outside these files (backups, file
+    system snapshots, blocks the file system or the disk itself keeps).
 
     Conversations are private: a directory the store creates is ``0700`` and a database file it
     creates is ``0600``, and SQLite gives its ``-wal`` and ``-shm`` files the database file's
@@ -70,7 +83,7 @@ class SQLiteSessionStore:
         self._lock = threading.Lock()
         self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute("PRAGMA foreign_keys=ON")
         self._db.execute("PRAGMA secure_delete=ON")
         self._db.executescript(_SCHEMA)
@@ -161,10 +174,20 @@ class SQLiteSessionStore:
         ]
 
     def delete(self, session_id: str) -> bool:
-        """Erase the session and its turns; False if unknown."""
+        """Erase the session and its turns, from the database file and its WAL; False if
+        unknown."""
         with self._lock:
             cur = self._db.execute("DELETE FROM sessions WHERE id = ?", (session_id,))
+            self._checkpoint_after_erasure()
             return cur.rowcount > 0
+
+    def _checkpoint_after_erasure(self) -> None:
+        """Copy the overwritten pages into the database file and empty the WAL, so no older
+        frame keeps erased bytes. Every erasure (delete, and any future purge) ends with this;
+        the caller holds the lock."""
+        busy, wal_frames, _ = self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        if busy:  # another process is reading an older snapshot: the WAL could not be emptied
+            log.warning("erasure_checkpoint_incomplete", wal_frames=wal_frames)
 
     def close(self) -> None:
         """Close the connection."""
