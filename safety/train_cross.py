@@ -32,7 +32,7 @@ import numpy as np
 from _common import DEFAULT_RUN_DIR, banner, parse_args, read_jsonl
 from finetune_encoder import epoch_rows, save_fp16
 
-from companion.safety.cross import CLASSES, MAX_TOKENS, pair_texts
+from companion.safety.cross import CLASSES, pair_texts, pooled_pairs
 
 
 @dataclass
@@ -122,18 +122,7 @@ class CrossTuner:
     def logits(self, pairs: list[tuple[str, str]]) -> Any:
         import torch
 
-        batch = self.tokenizer(
-            [a for a, _ in pairs],
-            [b for _, b in pairs],
-            padding=True,
-            truncation="longest_first",
-            max_length=MAX_TOKENS,
-            return_tensors="pt",
-        )
-        self.last_tokens = int(batch["attention_mask"].sum())
-        hidden = self.model(**batch).last_hidden_state
-        mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-        pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+        pooled, self.last_tokens = pooled_pairs(self.tokenizer, self.model, pairs)
         return self.head(torch.nn.functional.dropout(pooled, 0.1, self.model.training))
 
     def step(self, pairs: list[tuple[str, str]], y: np.ndarray, w: np.ndarray) -> float:

@@ -52,6 +52,22 @@ def pair_texts(
     return " ".join(words), message
 
 
+def pooled_pairs(tokenizer: Any, model: Any, pairs: Sequence[tuple[str, str]]) -> tuple[Any, int]:
+    """Mean-pooled token states of the text pairs (one forward pass; training and run time
+    share it) and the number of real tokens in the batch."""
+    batch = tokenizer(
+        [a for a, _ in pairs],
+        [b for _, b in pairs],
+        padding=True,
+        truncation="longest_first",
+        max_length=MAX_TOKENS,
+        return_tensors="pt",
+    )
+    hidden = model(**batch).last_hidden_state
+    mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+    return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9), int(batch["attention_mask"].sum())
+
+
 class CrossReader:
     """Class probabilities of text pairs from a sequence-pair encoder and a linear head.
 
@@ -87,18 +103,8 @@ class CrossReader:
 
         if not pairs:
             return np.zeros((0, len(CLASSES)), dtype=np.float32)
-        batch = self.tokenizer(
-            [a for a, _ in pairs],
-            [b for _, b in pairs],
-            padding=True,
-            truncation="longest_first",
-            max_length=MAX_TOKENS,
-            return_tensors="pt",
-        )
         with torch.inference_mode():
-            hidden = self.model(**batch).last_hidden_state
-            mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+            pooled, _ = pooled_pairs(self.tokenizer, self.model, pairs)
             out = pooled @ self.weight.T + self.bias
         result: npt.NDArray[np.float32] = out.numpy().astype(np.float32)
         return result
