@@ -79,6 +79,19 @@ class TurnDone:
 StreamEvent = TextDelta | Withheld | TurnDone
 
 
+@dataclass(frozen=True)
+class _Checked:
+    """What check-before-release generation left: the last verdict (of the complete reply
+    unless a check failed), the passed text, the passed units not yet sent, and the time in
+    the model and in the output guard (ms)."""
+
+    verdict: Verdict
+    text: str
+    pending: list[str]
+    generate_ms: float
+    check_ms: float
+
+
 class Pipeline:
     """Runs guarded turns against a session store.
 
@@ -167,8 +180,7 @@ class Pipeline:
         verdict_in, held_back = apply_triage(verdict_in, state)
         timings["input_guard_ms"] = _ms(t0)
         verdict_out: Verdict | None = None
-        released: list[str] = []  # generated units the output guard passed
-        sent = [0]  # how many of them were yielded before the commit
+        pending: list[str] = []  # units passed by the final check, sent after the commit
         if verdict_in.fired:
             reply_text, resources, category, action = self._fixed_reply(verdict_in, info.locale)
         else:
@@ -182,16 +194,15 @@ class Pipeline:
                 self.generator.count_tokens,
                 budget,
             )
-            verdict_out, gen_ms, check_ms = yield from self._release_checked(
-                messages, released, sent, stop, session_id
-            )
-            timings["generate_ms"], timings["output_guard_ms"] = gen_ms, check_ms
+            out = yield from self._release_checked(messages, stop, session_id)
+            verdict_out, pending = out.verdict, out.pending
+            timings["generate_ms"], timings["output_guard_ms"] = out.generate_ms, out.check_ms
             if verdict_out.fired:
                 reply_text, resources, category, action = self._fixed_reply(
                     verdict_out, info.locale
                 )
             else:
-                generated = "".join(released).rstrip()
+                generated = out.text.rstrip()
                 reply_text, resources = generated or self.catalogue.empty_reply(info.locale), ()
                 category, action = Category.NONE, Action.ANSWERED
 
@@ -235,38 +246,34 @@ class Pipeline:
             **timings,
         )
         withheld = verdict_out is not None and verdict_out.fired
-        if not withheld:
-            for part in released[sent[0] :]:
-                yield TextDelta(part)
         if withheld:
             yield Withheld(category)
+        else:
+            for part in pending:
+                yield TextDelta(part)
         yield TurnDone(reply, withheld=withheld)
 
     def _release_checked(
-        self,
-        messages: list[ChatMessage],
-        released: list[str],
-        sent: list[int],
-        stop: ShouldStop,
-        session_id: str,
-    ) -> Generator_[TextDelta, None, tuple[Verdict, float, float]]:
-        """Generate, and release held units only once the output guard has passed the reply so
-        far with them. A check that fires holds its units back (a first sentence alone can
-        read as advice that the whole reply is not) and generation goes on; the next check
-        reads the longer reply. The last check reads the complete reply, as ``turn`` always
-        did: when it fires, nothing held is released. A check that fails (raises) stops at
-        once. Appends released units to ``released`` and counts in ``sent[0]`` those yielded;
-        the units passed by the final check are yielded by :meth:`stream` after the turn is
-        stored, so a client that saw the whole reply knows it was stored, and one that left
-        before it stored nothing. Returns the last verdict, the generation time and the time
-        spent in the output guard, in ms.
+        self, messages: list[ChatMessage], stop: ShouldStop, session_id: str
+    ) -> Generator_[TextDelta, None, _Checked]:
+        """Generate, and release units only once the output guard has passed the reply so far
+        with them. A check that fires holds its units back (a first sentence alone can read as
+        advice that the whole reply is not) and generation goes on; the next check reads the
+        longer reply. The last check reads the complete reply, as ``turn`` always did: when it
+        fires, nothing held is released. A check that fails (raises) stops at once. A passed
+        unit is yielded when the model produces more text, so the units passed by the final
+        check are left ``pending``, for :meth:`stream` to send after the turn is stored: a
+        client that saw the whole reply knows it was stored, and one that left before stored
+        nothing.
 
         Raises:
             Cancelled: ``stop()`` became true.
             Unavailable: the model failed.
         """
         buffer = ReleaseBuffer(self.config.release_min_clause_chars, self.config.release_max_chars)
-        held: list[str] = []
+        passed: list[str] = []  # every unit the guard passed, in order
+        ready: list[str] = []  # passed, not yet yielded
+        held: list[str] = []  # generated, not yet passed
         verdict: Verdict | None = None
         check_ms = 0.0
         t0 = time.perf_counter()
@@ -280,22 +287,23 @@ class Pipeline:
                 except Exception as exc:
                     log.error("generation_failed", session_id=session_id, error=type(exc).__name__)
                     raise Unavailable("the model failed to generate a reply") from exc
-                unit = buffer.add(delta) if delta is not None else buffer.flush()
                 if stop():
                     raise Cancelled("the turn was cancelled before it was stored")
+                if delta is not None and ready:  # more is coming: these are not the last
+                    for part in ready:
+                        yield TextDelta(part)
+                    ready = []
+                unit = buffer.add(delta) if delta is not None else buffer.flush()
                 if unit:
                     held.append(unit)
                     t1 = time.perf_counter()
-                    verdict = self._check("".join(released + held), Role.ASSISTANT, [])
+                    verdict = self._check("".join(passed + held), Role.ASSISTANT, [])
                     check_ms += _ms(t1)
                     if verdict.error is not None:
                         break  # fail closed, at once
                     if not verdict.fired:
-                        released += held
-                        if delta is not None:  # the last units go out after the commit
-                            for part in held:
-                                yield TextDelta(part)
-                            sent[0] = len(released)
+                        passed += held
+                        ready += held
                         held = []
                 if delta is None:
                     break
@@ -307,7 +315,9 @@ class Pipeline:
             t1 = time.perf_counter()
             verdict = self._check("", Role.ASSISTANT, [])
             check_ms += _ms(t1)
-        return verdict, round(_ms(t0) - check_ms, 2), round(check_ms, 2)
+        return _Checked(
+            verdict, "".join(passed), ready, round(_ms(t0) - check_ms, 2), round(check_ms, 2)
+        )
 
     def _validate(self, text: object) -> None:
         if not isinstance(text, str):
