@@ -208,7 +208,7 @@ class SafetyClassifier:
             return self._head_scores(items)
         out = np.zeros((len(items), len(self.labels)), dtype=np.float32)
         users = [i for i, item in enumerate(items) if Role(item.role) is Role.USER]
-        others = [i for i in range(len(items)) if i not in set(users)]
+        others = [i for i, item in enumerate(items) if Role(item.role) is not Role.USER]
         if users:
             pairs = [
                 pair_texts(
