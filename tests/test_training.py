@@ -33,6 +33,8 @@ def data(tmp_path_factory) -> Path:
         "training/prepare_data.py",
         "--data_dir",
         str(FIXTURES / "shared-data"),
+        "--style_dir",
+        str(FIXTURES / "style"),
         "--output_dir",
         str(out),
         "--validation_share",
@@ -51,6 +53,9 @@ def test_prepare_cleans_splits_and_reports(data: Path):
     splits = stats["splits"]
     assert splits["train"]["examples"] >= 4 and splits["test"]["examples"] >= 1
     assert stats["filters"]["advert_sentences_removed_from_answers"] == 1
+    assert stats["filters"]["style_dialogues"] == 5
+    sources = set().union(*(split["by_source"] for split in splits.values()))
+    assert sources == {"style", "counsel-chat", "annomi"}
     progress = (data / "prepare_stderr.txt").read_text()  # stages and counts on stderr
     assert "[prepare_data] counsel-chat:" in progress and "guard filter" in progress
     assert "checking" in progress and "example" in progress
@@ -88,6 +93,21 @@ def test_loss_mask_covers_only_assistant_tokens():
     assert text.startswith("Hi, how are you feeling?") and "<|im_end|>" in text
     assert "hello there" not in text and "Companion" not in text  # no user or system tokens
     assert encode_chat(tok, messages, max_length=10) is None
+    longer = [
+        *messages,
+        {"role": "user", "content": "tired"},
+        {"role": "assistant", "content": "Tired how?"},
+    ]
+
+    def trained_text(last_only: bool) -> str:
+        enc = encode_chat(tok, longer, 512, last_only)
+        assert enc is not None
+        pairs = zip(enc["input_ids"], enc["labels"], strict=True)
+        return tok.decode([t for t, label in pairs if label != IGNORE_INDEX])
+
+    both, last = trained_text(False), trained_text(True)
+    assert "Hi, how are you feeling?" in both and "Tired how?" in both
+    assert "Tired how?" in last and "Hi, how" not in last  # earlier replies are context only
 
 
 @pytest.fixture(scope="module")

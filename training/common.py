@@ -19,15 +19,22 @@ def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
         return [json.loads(line) for line in f if line.strip()]
 
 
+def trains_last_only(example: dict[str, Any]) -> bool:
+    """Whether only an example's last assistant turn is trained (``"train_on": "last"``, set
+    by ``prepare_data.py`` for sources whose earlier turns are context, not targets)."""
+    return example.get("train_on", "all") == "last"
+
+
 def with_system(messages: Sequence[dict[str, str]]) -> list[dict[str, str]]:
     """The conversation as the service sends it: our system prompt first."""
     return [{"role": "system", "content": SYSTEM_PROMPT}, *messages]
 
 
 def encode_chat(
-    tokenizer: Any, messages: Sequence[dict[str, str]], max_length: int
+    tokenizer: Any, messages: Sequence[dict[str, str]], max_length: int, last_only: bool = False
 ) -> dict[str, list[int]] | None:
-    """Token ids and labels for one conversation; labels are -100 except on assistant turns.
+    """Token ids and labels for one conversation; labels are -100 except on assistant turns
+    (with ``last_only``, except on the last one: earlier assistant turns are context only).
 
     The text is the service's own rendering (``companion.models.render_chat``): the model's chat
     template, or for a tokenizer without one (DialoGPT) the EOS-joined dialogue format. Each
@@ -41,7 +48,7 @@ def encode_chat(
     pieces: list[tuple[str, bool]] = []
     done = 0
     for k, message in enumerate(full):
-        if message["role"] != "assistant":
+        if message["role"] != "assistant" or (last_only and k != len(full) - 1):
             continue
         prompt = render_chat(tokenizer, full[:k], add_generation_prompt=True)
         upto = render_chat(tokenizer, full[: k + 1], add_generation_prompt=False)

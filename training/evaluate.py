@@ -24,7 +24,7 @@ import torch
 from transformers import HfArgumentParser
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import IGNORE_INDEX, encode_chat, read_jsonl, with_system
+from common import IGNORE_INDEX, encode_chat, read_jsonl, trains_last_only, with_system
 from tqdm import tqdm
 
 from companion.models import load_causal_lm, render_chat, stop_token_ids
@@ -77,7 +77,7 @@ def distinct_conversations(test: list[dict[str, Any]], limit: int) -> list[list[
 def perplexity(model: Any, tokenizer: Any, examples: list[dict[str, Any]], name: str) -> float:
     nll, count = 0.0, 0
     for ex in tqdm(examples, desc=f"{name}: perplexity", unit="example", file=sys.stderr):
-        enc = encode_chat(tokenizer, ex["messages"], max_length=4096)
+        enc = encode_chat(tokenizer, ex["messages"], 4096, trains_last_only(ex))
         if enc is None:
             continue
         ids = torch.tensor([enc["input_ids"]], device=model.device)

@@ -29,15 +29,17 @@ import torch
 import yaml
 from transformers import (
     DataCollatorForSeq2Seq,
+    EarlyStoppingCallback,
     HfArgumentParser,
     Trainer,
     TrainerCallback,
     TrainingArguments,
     set_seed,
 )
+from transformers.trainer_utils import get_last_checkpoint
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import encode_chat, read_jsonl
+from common import encode_chat, read_jsonl, trains_last_only
 
 from companion.models import load_causal_lm
 
@@ -80,6 +82,13 @@ class DataArguments:
     max_train_minutes: float | None = field(
         default=None, metadata={"help": "stop cleanly after this wall-clock budget"}
     )
+    early_stopping_patience: int | None = field(
+        default=None,
+        metadata={
+            "help": "stop after this many evaluations without a better validation loss (needs "
+            "load_best_model_at_end and matching eval/save steps); the best checkpoint is saved"
+        },
+    )
 
 
 class ChatDataset(torch.utils.data.Dataset):  # type: ignore[type-arg]
@@ -101,7 +110,7 @@ def load_split(
         examples = random.Random(seed).sample(examples, limit)
     rows, skipped = [], 0
     for ex in examples:
-        enc = encode_chat(tokenizer, ex["messages"], max_length)
+        enc = encode_chat(tokenizer, ex["messages"], max_length, trains_last_only(ex))
         if enc is None:
             skipped += 1
         else:
@@ -204,8 +213,7 @@ def main() -> None:
     args.include_num_input_tokens_seen = "non_padding"
     set_seed(args.seed)
     on_gpu = torch.cuda.is_available() and not args.use_cpu
-    if args.bf16 and not on_gpu:
-        raise ValueError("bf16 is for GPU runs; CPU training runs in fp32 (set bf16: false)")
+    # bf16 on CPU is autocast over fp32 weights (AVX-512 BF16: 2.2x the fp32 step here)
     device = (
         f"cuda:{args.local_rank}"
         if on_gpu and args.local_rank >= 0
@@ -245,6 +253,13 @@ def main() -> None:
         args.seed,
     )
     budget = TimeBudget(data_args.max_train_minutes, args.output_dir)
+    callbacks: list[TrainerCallback] = [budget]
+    if data_args.early_stopping_patience is not None:
+        callbacks.append(EarlyStoppingCallback(data_args.early_stopping_patience))
+    resume = args.resume_from_checkpoint
+    if resume == "last":  # the newest checkpoint-N of output_dir, or a fresh start
+        resume = get_last_checkpoint(args.output_dir) if Path(args.output_dir).is_dir() else None
+        print(f"resuming from {resume}" if resume else "no checkpoint to resume from")
     trainer = Trainer(
         model=model,
         args=args,
@@ -252,10 +267,10 @@ def main() -> None:
         eval_dataset=val if len(val) else None,
         data_collator=DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100),
         processing_class=tokenizer,
-        callbacks=[budget],
+        callbacks=callbacks,
     )
     started = time.perf_counter()
-    result = trainer.train()
+    result = trainer.train(resume_from_checkpoint=resume)
     seconds = time.perf_counter() - started
     metrics = trainer.evaluate() if len(val) else {}
 
@@ -275,7 +290,10 @@ def main() -> None:
         "seed": args.seed,
         "world_size": args.world_size,
         "device": device,
-        "precision": "bf16" if args.bf16 else "fp32",
+        "precision": ("bf16" if on_gpu else "bf16 autocast") if args.bf16 else "fp32",
+        "resumed_from": resume,
+        "best_checkpoint": trainer.state.best_model_checkpoint,
+        "best_eval_loss": trainer.state.best_metric,
         "steps": trainer.state.global_step,
         "epochs": round(float(trainer.state.epoch or 0), 3),
         "stopped_early": budget.hit,
