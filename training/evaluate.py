@@ -1,13 +1,18 @@
-"""Compare the base model and the tuned adapter on held-out data and a fixed prompt set.
+"""Compare the base model, the previous adapter and the tuned adapter on held-out conversations.
 
-Metrics per model: perplexity of the reference answers (assistant tokens of the test split),
-share of replies that end on their own before the token limit, mean reply length, distinct-2,
-and the share of replies our output guard flags. The prompts are the fixed prompt file plus the
-first ``--max_test_prompts`` DISTINCT test conversations (counsel-chat has several answers to
-one question, so the test split repeats prompts). Writes ``metrics.json`` and a markdown report
-with side-by-side sample dialogues; progress and stage names go to stderr.
+Metrics per model (``replies.py``): perplexity of the reference replies (assistant tokens of
+the test split), the reply length distribution and the share of 20-90-word replies, the share
+that end on their own, the listening checks of ``listening.py`` (reflection, open question,
+unrequested directive advice, off-topic or wrong-speaker replies), output-guard decisions on
+these benign prompts, and distinct-2. The prompts are the fixed prompt file plus
+``--max_test_prompts`` held-out prompt conversations of the test split (every reply position
+of a multi-turn dialogue, not only first messages). Decoding is the service's default
+``GenerationConfig`` unless flags say otherwise, seeded. Writes ``metrics.json``,
+``replies.jsonl`` (every model's reply to every prompt, for the blind side-by-side) and a
+markdown report; progress and stage names go to stderr.
 
-    python training/evaluate.py --adapter runs/sft-smollm2-cpu/adapter --output_dir runs/eval
+    python training/evaluate.py --adapter runs/sft-smollm2-cpu/adapter \
+        --previous_adapter runs/prev-adapter --output_dir runs/eval
 """
 
 from __future__ import annotations
@@ -24,53 +29,66 @@ import torch
 from transformers import HfArgumentParser
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import IGNORE_INDEX, encode_chat, read_jsonl, trains_last_only, with_system
+from common import IGNORE_INDEX, encode_chat, read_jsonl, trains_last_only
+from replies import generate, heldout_prompts, reply_metrics
 from tqdm import tqdm
 
-from companion.models import load_causal_lm, render_chat, stop_token_ids
-from companion.safety import ClassifyItem, SafetyClassifier
-from companion.types import Category, Role
+from companion.config import GenerationConfig
+from companion.models import load_causal_lm
+from companion.safety import SafetyClassifier
 
 HERE = Path(__file__).resolve().parent
+_DECODING = GenerationConfig()
+
+# (metric, target text, met?) per reported metric; a metric absent here is reported only
+TARGETS: dict[str, tuple[str, Any]] = {
+    "reflection_or_open_question": (">= 0.80", lambda v: v >= 0.80),
+    "directive": ("<= 0.10", lambda v: v <= 0.10),
+    "off_topic_or_wrong_speaker": ("<= 0.05", lambda v: v <= 0.05),
+    "words_20_90": (">= 0.80", lambda v: v >= 0.80),
+    "ended_on_own": (">= 0.97", lambda v: v >= 0.97),
+    "guard_flagged": ("<= 0.01", lambda v: v <= 0.01),
+}
 
 
 @dataclass
 class EvalArguments:
     adapter: str = field(metadata={"help": "the tuned PEFT adapter directory"})
+    previous_adapter: str | None = field(
+        default=None, metadata={"help": "the adapter it replaces, compared too"}
+    )
     base_model: str | None = field(default=None, metadata={"help": "none = embedded SmolLM2"})
     data_dir: str = field(default="runs/sft-data", metadata={"help": "holds test.jsonl"})
+    split: str = field(default="test", metadata={"help": "test, or validation while choosing"})
     prompts_file: str = field(default=str(HERE / "prompts" / "eval_prompts.txt"))
     output_dir: str = field(default="runs/eval")
-    max_new_tokens: int = field(default=200)
-    repetition_penalty: float = field(default=1.15)
+    max_new_tokens: int = field(default=_DECODING.max_new_tokens)
+    do_sample: bool = field(default=_DECODING.do_sample)
+    temperature: float = field(default=_DECODING.temperature)
+    top_p: float = field(default=_DECODING.top_p)
+    repetition_penalty: float = field(default=_DECODING.repetition_penalty)
     max_test_examples: int | None = field(default=None, metadata={"help": "perplexity subset"})
     max_test_prompts: int = field(
-        default=30, metadata={"help": "distinct test-split conversations generated"}
+        default=100, metadata={"help": "held-out prompt conversations generated"}
     )
     batch_size: int = field(default=8)
-    samples_in_report: int = field(default=6)
+    samples_in_report: int = field(default=8)
     seed: int = field(default=13)
+
+    def decoding(self) -> GenerationConfig:
+        return GenerationConfig(
+            max_new_tokens=self.max_new_tokens,
+            do_sample=self.do_sample,
+            temperature=self.temperature,
+            top_p=self.top_p,
+            repetition_penalty=self.repetition_penalty,
+            seed=self.seed,
+        )
 
 
 def stage(text: str) -> None:
     """Say what is being done, on stderr (stdout keeps the metrics and the report)."""
     print(f"[evaluate] {text}", file=sys.stderr, flush=True)
-
-
-def distinct_conversations(test: list[dict[str, Any]], limit: int) -> list[list[dict[str, str]]]:
-    """The first ``limit`` distinct prompt conversations (all turns before the reply)."""
-    seen: set[str] = set()
-    out: list[list[dict[str, str]]] = []
-    for ex in test:
-        conversation = ex["messages"][:-1]
-        key = json.dumps(conversation, sort_keys=True)
-        if key in seen:
-            continue
-        seen.add(key)
-        out.append(conversation)
-        if len(out) == limit:
-            break
-    return out
 
 
 @torch.inference_mode()
@@ -95,56 +113,6 @@ def perplexity(model: Any, tokenizer: Any, examples: list[dict[str, Any]], name:
     return math.exp(nll / max(count, 1))
 
 
-@torch.inference_mode()
-def generate(
-    model: Any,
-    tokenizer: Any,
-    conversations: list[list[dict[str, str]]],
-    args: EvalArguments,
-    name: str = "model",
-) -> list[dict[str, Any]]:
-    tokenizer.padding_side = "left"
-    stop_ids = stop_token_ids(tokenizer, model)
-    out: list[dict[str, Any]] = []
-    starts = range(0, len(conversations), args.batch_size)
-    bar = tqdm(total=len(conversations), desc=f"{name}: generating", unit="reply", file=sys.stderr)
-    for i in starts:
-        batch = conversations[i : i + args.batch_size]
-        texts = [render_chat(tokenizer, with_system(c), add_generation_prompt=True) for c in batch]
-        enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
-        enc = {k: v.to(model.device) for k, v in enc.items()}
-        gen = model.generate(
-            **enc,
-            max_new_tokens=args.max_new_tokens,
-            do_sample=False,
-            repetition_penalty=args.repetition_penalty,
-            eos_token_id=stop_ids,
-            pad_token_id=tokenizer.pad_token_id,
-            temperature=None,
-            top_p=None,
-            top_k=None,
-        )
-        for row in gen[:, enc["input_ids"].shape[1] :].tolist():
-            ended = any(t in stop_ids for t in row)
-            if ended:
-                row = row[: min(row.index(t) for t in stop_ids if t in row)]
-            out.append(
-                {
-                    "text": tokenizer.decode(row, skip_special_tokens=True).strip(),
-                    "tokens": len(row),
-                    "ended": ended,
-                }
-            )
-        bar.update(len(batch))
-    bar.close()
-    return out
-
-
-def distinct_2(texts: list[str]) -> float:
-    bigrams = [tuple(w[i : i + 2]) for w in (t.split() for t in texts) for i in range(len(w) - 1)]
-    return len(set(bigrams)) / max(len(bigrams), 1)
-
-
 def evaluate_model(
     name: str,
     model: Any,
@@ -157,20 +125,12 @@ def evaluate_model(
     t0 = time.perf_counter()
     stage(f"{name}: perplexity of {len(test)} reference answers")
     ppl = perplexity(model, tokenizer, test, name)
-    stage(f"{name}: {len(conversations)} greedy replies, batches of {args.batch_size}")
-    replies = generate(model, tokenizer, conversations, args, name)
-    stage(f"{name}: output guard on {len(replies)} replies")
-    verdicts = guard.classify_batch(
-        [ClassifyItem(r["text"] or " ", Role.ASSISTANT) for r in replies]
-    )
-    flagged = [v.category is not Category.NONE for v in verdicts]
+    stage(f"{name}: {len(conversations)} replies, batches of {args.batch_size}")
+    replies = generate(model, tokenizer, conversations, args.decoding(), args.batch_size, name)
+    stage(f"{name}: listening checks and output guard on {len(replies)} replies")
     metrics = {
         "perplexity": round(ppl, 3),
-        "ended_on_own": round(sum(r["ended"] for r in replies) / len(replies), 3),
-        "mean_reply_tokens": round(sum(r["tokens"] for r in replies) / len(replies), 1),
-        "distinct_2": round(distinct_2([r["text"] for r in replies]), 3),
-        "guard_flagged": round(sum(flagged) / len(replies), 3),
-        "replies": len(replies),
+        **reply_metrics(replies, conversations, guard),
         "seconds": round(time.perf_counter() - t0, 1),
     }
     print(f"{name}: {json.dumps(metrics)}")
@@ -180,114 +140,105 @@ def evaluate_model(
 def report(
     args: EvalArguments,
     metrics: dict[str, dict[str, Any]],
-    prompts: list[str],
-    base: list[dict[str, Any]],
-    tuned: list[dict[str, Any]],
+    prompts: list[dict[str, Any]],
+    replies: dict[str, list[dict[str, Any]]],
     n_fixed: int,
 ) -> str:
-    b, t = metrics["base"], metrics["tuned"]
-    ratio = t["perplexity"] / b["perplexity"]
-    rows = [
-        (
-            "Held-out perplexity of reference answers",
-            b["perplexity"],
-            t["perplexity"],
-            f"tuned <= 0.8 x base: {ratio:.3f} x, {'met' if ratio <= 0.8 else 'MISSED'}",
-        ),
-        (
-            f"Replies ending on their own within {args.max_new_tokens} tokens",
-            b["ended_on_own"],
-            t["ended_on_own"],
-            f">= 0.95: {'met' if t['ended_on_own'] >= 0.95 else 'MISSED'}",
-        ),
-        (
-            "Output-guard flags on replies to benign prompts",
-            b["guard_flagged"],
-            t["guard_flagged"],
-            f"<= 0.02: {'met' if t['guard_flagged'] <= 0.02 else 'MISSED'}",
-        ),
-        ("Mean reply length (tokens)", b["mean_reply_tokens"], t["mean_reply_tokens"], ""),
-        ("Distinct-2", b["distinct_2"], t["distinct_2"], ""),
-    ]
+    names = list(replies)
+    tuned, base = metrics["tuned"], metrics["base"]
+    ratio = tuned["perplexity"] / base["perplexity"]
     lines = [
-        "# Base vs tuned",
+        f"# {' vs '.join(names)}",
         "",
-        f"Adapter: `{args.adapter}`; greedy decoding, repetition "
-        f"penalty {args.repetition_penalty}; {b['replies']} prompts ({n_fixed} fixed, "
-        f"{b['replies'] - n_fixed} distinct test conversations).",
+        f"Adapter: `{args.adapter}`"
+        + (f"; previous: `{args.previous_adapter}`" if args.previous_adapter else "")
+        + f". Decoding: {json.dumps(asdict(args.decoding()))}. {len(prompts)} prompts "
+        f"({n_fixed} fixed, {len(prompts) - n_fixed} held-out {args.split} conversations).",
         "",
-        "| metric | base | tuned | target |",
-        "|---|---|---|---|",
+        f"| metric | {' | '.join(names)} | target (tuned) |",
+        "|---|" + "---|" * (len(names) + 1),
+        "| perplexity of reference replies | "
+        + " | ".join(str(metrics[n]["perplexity"]) for n in names)
+        + f" | <= 0.8 x base: {ratio:.3f} x, {'met' if ratio <= 0.8 else 'MISSED'} |",
     ]
-    lines += [f"| {m} | {x} | {y} | {z} |" for m, x, y, z in rows]
-    lines += ["", "## Sample dialogues", ""]
-    for p, rb, rt in list(zip(prompts, base, tuned, strict=True))[: args.samples_in_report]:
-        lines += [
-            f"**User:** {p}",
-            "",
-            f"- **base:** {rb['text']}",
-            f"- **tuned:** {rt['text']}",
-            "",
-        ]
+    for key in (
+        "reflection_or_open_question",
+        "reflection",
+        "open_question",
+        "directive",
+        "off_topic_or_wrong_speaker",
+        "off_topic",
+        "wrong_speaker",
+        "words_20_90",
+        "words_median",
+        "words_p10_p90",
+        "ended_on_own",
+        "guard_flagged",
+        "guard_check_in",
+        "distinct_2",
+    ):
+        target = ""
+        if key in TARGETS:
+            text, met = TARGETS[key]
+            target = f"{text}: {'met' if met(tuned[key]) else 'MISSED'}"
+        lines.append(f"| {key} | {' | '.join(str(metrics[n][key]) for n in names)} | {target} |")
+    lines += ["", "## Sample replies", ""]
+    for i, prompt in enumerate(prompts[: args.samples_in_report]):
+        for turn in prompt["conversation"]:
+            lines.append(f"**{turn['role'].capitalize()}:** {turn['content']}  ")
+        lines.append("")
+        lines += [f"- **{n}:** {replies[n][i]['text']}" for n in names]
+        lines.append("")
     return "\n".join(lines) + "\n"
 
 
 def main() -> None:
     (args,) = HfArgumentParser(EvalArguments).parse_args_into_dataclasses()
-    torch.manual_seed(args.seed)
-    test = read_jsonl(Path(args.data_dir) / "test.jsonl")[: args.max_test_examples]
+    test = read_jsonl(Path(args.data_dir) / f"{args.split}.jsonl")
     fixed = [
         line.strip() for line in Path(args.prompts_file).read_text().splitlines() if line.strip()
     ]
-    conversations = [[{"role": "user", "content": p}] for p in fixed]
-    from_test = distinct_conversations(test, args.max_test_prompts)
-    conversations += from_test
-    prompts = [c[-1]["content"] for c in conversations]
+    prompts: list[dict[str, Any]] = [
+        {"conversation": [{"role": "user", "content": p}], "reference": None, "source": "fixed"}
+        for p in fixed
+    ]
+    prompts += heldout_prompts(test, args.max_test_prompts, args.seed)
+    conversations = [p["conversation"] for p in prompts]
+    test = test[: args.max_test_examples]
     stage(
-        f"{len(test)} test examples for perplexity; {len(conversations)} prompts "
-        f"({len(fixed)} fixed, {len(from_test)} distinct test conversations)"
+        f"{len(test)} {args.split} examples for perplexity; {len(prompts)} prompts "
+        f"({len(fixed)} fixed, {len(prompts) - len(fixed)} held-out conversations)"
     )
     stage("loading the safety guard")
     guard = SafetyClassifier.from_defaults()
-
-    stage("base: loading the model")
-    base_model, tokenizer = load_causal_lm(args.base_model)
+    models = {"base": None, "previous": args.previous_adapter, "tuned": args.adapter}
     metrics: dict[str, dict[str, Any]] = {}
-    metrics["base"], base_replies = evaluate_model(
-        "base", base_model, tokenizer, test, conversations, guard, args
-    )
-    del base_model
-    stage(f"tuned: loading the model with {args.adapter} merged")
-    tuned_model, tokenizer = load_causal_lm(args.base_model, args.adapter, merge_adapter=True)
-    metrics["tuned"], tuned_replies = evaluate_model(
-        "tuned", tuned_model, tokenizer, test, conversations, guard, args
-    )
+    replies: dict[str, list[dict[str, Any]]] = {}
+    for name, adapter in models.items():
+        if name == "previous" and adapter is None:
+            continue
+        stage(f"{name}: loading the model" + (f" with {adapter} merged" if adapter else ""))
+        model, tokenizer = load_causal_lm(args.base_model, adapter, merge_adapter=bool(adapter))
+        metrics[name], replies[name] = evaluate_model(
+            name, model, tokenizer, test, conversations, guard, args
+        )
+        del model
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    metrics["ratio"] = {
-        "perplexity_tuned_over_base": round(
-            metrics["tuned"]["perplexity"] / metrics["base"]["perplexity"], 3
-        )
+    ratio = round(metrics["tuned"]["perplexity"] / metrics["base"]["perplexity"], 3)
+    summary = {
+        "args": asdict(args),
+        "prompts": {"fixed": len(fixed), "heldout_conversations": len(prompts) - len(fixed)},
+        **metrics,
+        "ratio": {"perplexity_tuned_over_base": ratio},
+        "guard_policy": guard.policy_version,
     }
-    (out / "metrics.json").write_text(
-        json.dumps(
-            {
-                "args": asdict(args),
-                "prompts": {"fixed": len(fixed), "distinct_test_conversations": len(from_test)},
-                **metrics,
-                "guard_policy": guard.policy_version,
-            },
-            indent=2,
-        )
-        + "\n"
-    )
-    (out / "replies.jsonl").write_text(
-        "".join(
-            json.dumps({"prompt": p, "base": b, "tuned": t}, ensure_ascii=False) + "\n"
-            for p, b, t in zip(prompts, base_replies, tuned_replies, strict=True)
-        )
-    )
-    md = report(args, metrics, prompts, base_replies, tuned_replies, len(fixed))
+    (out / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n")
+    with (out / "replies.jsonl").open("w", encoding="utf-8") as f:
+        for i, prompt in enumerate(prompts):
+            row = {**prompt, **{name: replies[name][i] for name in replies}}
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    md = report(args, metrics, prompts, replies, len(fixed))
     (out / "report.md").write_text(md)
     print(md)
 
