@@ -266,7 +266,8 @@ def _fuzz_request(rng: random.Random, method: str, valid_sid: str) -> bytes:
         msg = pb.CreateSessionRequest(locale=s(), metadata=meta)
     elif method in ("SendMessage", "StreamMessage"):
         cls = pb.SendMessageRequest if method == "SendMessage" else pb.StreamMessageRequest
-        msg = cls(session_id=sid(), text=s().replace("SLOW", "slow"))
+        rid = s()[:80] if rng.random() < 0.5 else ""  # request ids: valid, too long, non-ASCII
+        msg = cls(session_id=sid(), text=s().replace("SLOW", "slow"), request_id=rid)
     elif method == "GetHistory":
         size = rng.choice([0, 1, 5, -1, 1000, 1001, 2**31 - 1, -(2**31)])
         msg = pb.GetHistoryRequest(session_id=sid(), page_size=size, page_token=s())
@@ -290,11 +291,12 @@ def _fuzz_request(rng: random.Random, method: str, valid_sid: str) -> bytes:
 
 
 # What an ``rpc`` log line may hold: no field takes a string the client chose, except a
-# well-formed session id.
+# well-formed session id (a request id appears only as its keyed hash).
 _LOG_KEYS = {
     "event", "log_level", "method", "code", "latency_ms", "session_id", "session_id_hmac",
-    "error", "category", "action", "turn_index", "decided_by", "policy_version", "withheld",
-    "turns",
+    "request_id_hmac", "error", "category", "action", "turn_index", "decided_by",
+    "policy_version", "withheld", "turns", "replayed", "rejected", "retry_after_ms",
+    "queued_ms",
 }  # fmt: skip
 
 
@@ -339,6 +341,7 @@ def test_fuzzed_requests_never_get_unknown_or_internal(served, channel):
     for line in rpc_lines:
         assert set(line) <= _LOG_KEYS, line
         assert is_valid_session_id(line.get("session_id", "A" * 22)), line
+        assert re.fullmatch("[0-9a-f]{12}", line.get("request_id_hmac", "0" * 12)), line
     health = health_pb2_grpc.HealthStub(channel)
     status = health.Check(health_pb2.HealthCheckRequest(), timeout=5).status
     assert status == health_pb2.HealthCheckResponse.SERVING

@@ -8,11 +8,21 @@ import sqlite3
 import stat
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
 
-from companion import Action, Category, Role, SessionInfo, SessionNotFound, Turn
+from companion import (
+    Action,
+    Category,
+    DuplicateRequest,
+    Role,
+    SessionInfo,
+    SessionNotFound,
+    StoredRequest,
+    Turn,
+)
 from companion.sessions import (
     InMemorySessionStore,
     RedisSessionStore,
@@ -114,6 +124,112 @@ def test_deleted_session_can_be_told_from_a_live_one(store):
     assert [t.text for t in store.history(keep)] == [keep, "reply"]
     with pytest.raises(SessionNotFound):
         store.append(gone, _turns("late"))
+
+
+# --- request ids (idempotent turns) -------------------------------------------------------
+
+
+def test_request_id_is_stored_with_the_turns_and_found_again(store):
+    sid = new_session_id()
+    store.create(SessionInfo(sid, "en-US", time.time()))
+    store.append(sid, _turns("before"))  # turns without an id are not found by any id
+    added = store.append(sid, _turns("with id"), "req-1", '{"v": 1}')
+    found = store.find_request(sid, "req-1")
+    assert found == StoredRequest("req-1", tuple(added), '{"v": 1}')
+    assert [t.index for t in found.turns] == [2, 3] and found.turns[0].text == "with id"
+    assert store.find_request(sid, "req-2") is None
+    assert store.find_request(new_session_id(), "req-1") is None
+
+
+def test_a_request_id_is_stored_once_per_session(store):
+    sid, other = new_session_id(), new_session_id()
+    for s in (sid, other):
+        store.create(SessionInfo(s, "en-US", time.time()))
+    store.append(sid, _turns("first"), "req-1", "{}")
+    with pytest.raises(DuplicateRequest):
+        store.append(sid, _turns("second"), "req-1", "{}")
+    assert [t.text for t in store.history(sid)] == ["first", "reply"]  # nothing appended
+    store.append(other, _turns("elsewhere"), "req-1", "{}")  # ids are per session
+    assert store.find_request(other, "req-1").turns[0].text == "elsewhere"
+    assert store.find_request(sid, "req-1").turns[0].text == "first"
+
+
+def test_racing_appends_with_one_request_id_store_one_pair(store):
+    sid = new_session_id()
+    store.create(SessionInfo(sid, "en-US", time.time()))
+    start = threading.Barrier(8)
+    outcomes: list[str] = []
+
+    def write(n: int) -> None:
+        start.wait()
+        try:
+            store.append(sid, _turns(f"try {n}"), "req-race", "{}")
+            outcomes.append("stored")
+        except DuplicateRequest:
+            outcomes.append("duplicate")
+
+    threads = [threading.Thread(target=write, args=(n,)) for n in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert sorted(outcomes) == ["duplicate"] * 7 + ["stored"]
+    assert len(store.history(sid)) == 2
+
+
+def test_delete_erases_the_request_ids_too(store):
+    sid = new_session_id()
+    store.create(SessionInfo(sid, "en-US", time.time()))
+    store.append(sid, _turns("x"), "req-1", "{}")
+    assert store.delete(sid)
+    assert store.find_request(sid, "req-1") is None
+    store.create(SessionInfo(sid, "en-US", time.time()))  # the same id again: a fresh session
+    store.append(sid, _turns("y"), "req-1", "{}")
+    assert store.find_request(sid, "req-1").turns[0].text == "y"
+
+
+# The schema of SQLite files written before request ids existed (this project's earlier
+# releases), verbatim.
+_OLD_SCHEMA = """
+CREATE TABLE sessions (
+    id TEXT PRIMARY KEY, locale TEXT NOT NULL, created_at REAL NOT NULL,
+    owner TEXT NOT NULL DEFAULT '', metadata TEXT NOT NULL DEFAULT '{}'
+);
+CREATE TABLE turns (
+    session_id TEXT NOT NULL REFERENCES sessions(id) ON DELETE CASCADE,
+    idx INTEGER NOT NULL, role TEXT NOT NULL, text TEXT NOT NULL, ts REAL NOT NULL,
+    category TEXT NOT NULL, action TEXT NOT NULL, scores TEXT NOT NULL DEFAULT '{}',
+    PRIMARY KEY (session_id, idx)
+);
+"""
+
+
+def test_sqlite_file_from_before_request_ids_is_migrated_and_keeps_its_turns(tmp_path):
+    path = tmp_path / "old.sqlite3"
+    sid = new_session_id()
+    db = sqlite3.connect(path)
+    db.executescript(_OLD_SCHEMA)
+    db.execute("INSERT INTO sessions VALUES (?, 'en-GB', 1.0, 'owner', '{}')", (sid,))
+    db.execute(
+        "INSERT INTO turns VALUES (?, 0, 'user', 'old turn', 1.0, 'none', 'answered', '{}')",
+        (sid,),
+    )
+    db.commit()
+    db.close()
+    store = SQLiteSessionStore(path)
+    assert [t.text for t in store.history(sid)] == ["old turn"]
+    assert store.find_request(sid, "req-1") is None
+    added = store.append(sid, _turns("new turn"), "req-1", "{}")
+    assert [t.index for t in added] == [1, 2]
+    store.close()
+    reopened = SQLiteSessionStore(path)  # opening a migrated file again changes nothing
+    assert reopened.find_request(sid, "req-1").turns == tuple(added)
+    assert [t.text for t in reopened.history(sid)] == ["old turn", "new turn", "reply"]
+    assert reopened.delete(sid)
+    reopened.close()
+    db = sqlite3.connect(path)
+    assert db.execute("SELECT COUNT(*) FROM requests").fetchone() == (0,)  # erased with it
+    db.close()
 
 
 def test_sqlite_history_survives_reopening(tmp_path):
@@ -222,7 +338,7 @@ def test_sqlite_delete_leaves_no_deleted_bytes_in_db_or_wal(tmp_path):
     sid = new_session_id()
     store.create(SessionInfo(sid, "en-US", time.time(), metadata={"m": marker}))
     for i in range(5):  # long turns too, so that some spill into overflow pages
-        store.append(sid, _turns(f"{marker} {i} " + "x" * 3000))
+        store.append(sid, _turns(f"{marker} {i} " + "x" * 3000), f"{marker}-{i}", "{}")
     assert _files_holding(path, marker) != []  # the marker was written where we look
     assert store.delete(sid)
     assert _files_holding(path, marker) == []  # (1) while the store is still open

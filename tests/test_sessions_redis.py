@@ -88,17 +88,18 @@ def test_two_writers_get_200_gapless_indexes_with_pairs_adjacent(redis_server):
 def test_ttl_is_set_at_create_and_refreshed_on_every_turn_on_all_keys(redis_server, raw):
     store = RedisSessionStore(redis_server.url, ttl_seconds=7 * DAY)
     sid = new_session_id()
-    info_key, turns_key = store.keys(sid)
+    info_key, turns_key, requests_key = store.keys(sid)
     store.create(SessionInfo(sid, "en-US", time.time()))
     assert 7 * DAY - 5 <= raw.ttl(info_key) <= 7 * DAY
-    store.append(sid, _pair("hello"))
-    for key in (info_key, turns_key):
+    store.append(sid, _pair("hello"), "req-1", "{}")
+    for key in (info_key, turns_key, requests_key):
         raw.expire(key, 60)  # as if the session had been quiet for almost a week
     store.history(sid)  # reading does not refresh
-    assert raw.ttl(info_key) <= 60 and raw.ttl(turns_key) <= 60
-    store.append(sid, _pair("again"))
-    assert _keys_with(raw, sid) == sorted([info_key, turns_key])
-    for key in (info_key, turns_key):
+    store.find_request(sid, "req-1")
+    assert all(raw.ttl(k) <= 60 for k in (info_key, turns_key, requests_key))
+    store.append(sid, _pair("again"))  # a turn without a request id refreshes them all too
+    assert _keys_with(raw, sid) == sorted([info_key, turns_key, requests_key])
+    for key in (info_key, turns_key, requests_key):
         assert 7 * DAY - 5 <= raw.ttl(key) <= 7 * DAY, key
     store.close()
 
@@ -127,13 +128,15 @@ def test_delete_leaves_no_key_of_the_session(redis_server, raw):
     for s in (sid, other):
         store.create(SessionInfo(s, "en-GB", time.time(), "owner", {"app": "x"}))
         for n in range(5):
-            store.append(s, _pair(f"{s} {n}"))
-    assert len(_keys_with(raw, sid)) == 2
+            store.append(s, _pair(f"{s} {n}"), f"req-{n}" if n % 2 else None, "{}")
+    assert len(_keys_with(raw, sid)) == 3
     assert store.delete(sid) is True
     assert _keys_with(raw, sid) == []
+    assert store.find_request(sid, "req-1") is None
     # nothing else mentions it either (values included), and the other session is whole
     assert not any(sid in (raw.get(k) or "") for k in raw.scan_iter(match="*session:*"))
-    assert len(store.history(other)) == 10 and len(_keys_with(raw, other)) == 2
+    assert len(store.history(other)) == 10 and len(_keys_with(raw, other)) == 3
+    assert store.find_request(other, "req-3") is not None
     assert store.delete(sid) is False
     store.close()
 
@@ -302,7 +305,7 @@ def test_grpc_create_send_history_delete_on_redis(redis_server, raw):
         assert [t.index for t in turns] == list(range(6))
         assert [t.text for t in turns[:2]] == ["I had a long day", "I hear you."]
         assert turns[2].category is Category.CRISIS
-        assert len(_keys_with(raw, sid)) == 2
+        assert len(_keys_with(raw, sid)) == 3  # info, turns, request ids (the client sends them)
         cl.delete_session(sid)
         assert _keys_with(raw, sid) == []
         with pytest.raises(SessionNotFound):

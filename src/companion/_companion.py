@@ -46,13 +46,21 @@ class Session:
         """The session's language tag."""
         return self.info.locale
 
-    def send(self, text: str, should_stop: ShouldStop | None = None) -> Reply:
-        """Send a user message and get the guarded reply."""
-        return self.companion.send(self.id, text, should_stop)
+    def send(
+        self, text: str, should_stop: ShouldStop | None = None, *, request_id: str | None = None
+    ) -> Reply:
+        """Send a user message and get the guarded reply (see :meth:`Companion.send`)."""
+        return self.companion.send(self.id, text, should_stop, request_id=request_id)
 
-    def stream(self, text: str, should_stop: ShouldStop | None = None) -> Iterator[StreamEvent]:
+    def stream(
+        self, text: str, should_stop: ShouldStop | None = None, *, request_id: str | None = None
+    ) -> Iterator[StreamEvent]:
         """Send a user message and stream the reply as events."""
-        return self.companion.stream(self.id, text, should_stop)
+        return self.companion.stream(self.id, text, should_stop, request_id=request_id)
+
+    def stored_reply(self, text: str, request_id: str | None = None) -> Reply | None:
+        """See :meth:`Companion.stored_reply`."""
+        return self.companion.stored_reply(self.id, text, request_id)
 
     def history(self, offset: int = 0, limit: int | None = None) -> list[Turn]:
         """The stored turns."""
@@ -185,16 +193,44 @@ class Companion:
             raise SessionNotFound(f"session {session_id} not found")
         return Session(self, info)
 
-    def send(self, session_id: str, text: str, should_stop: ShouldStop | None = None) -> Reply:
-        """Run one guarded turn; see :meth:`companion.pipeline.Pipeline.stream` for errors."""
-        return self.pipeline.turn(session_id, text, should_stop)
+    def send(
+        self,
+        session_id: str,
+        text: str,
+        should_stop: ShouldStop | None = None,
+        *,
+        request_id: str | None = None,
+    ) -> Reply:
+        """Run one guarded turn; see :meth:`companion.pipeline.Pipeline.stream` for errors.
+
+        Args:
+            session_id: The session.
+            text: The person's message.
+            should_stop: Polled during generation; true stops the turn (nothing stored).
+            request_id: Optional idempotency key (1-64 ASCII letters, digits, ``-_.:``): a
+                retry with the same id and text returns the stored reply instead of a second
+                turn; the same id with another text raises ``FailedPrecondition``.
+        """
+        return self.pipeline.turn(session_id, text, should_stop, request_id)
 
     def stream(
-        self, session_id: str, text: str, should_stop: ShouldStop | None = None
+        self,
+        session_id: str,
+        text: str,
+        should_stop: ShouldStop | None = None,
+        *,
+        request_id: str | None = None,
     ) -> Iterator[StreamEvent]:
         """Run one guarded turn, yielding checked ``TextDelta`` units, maybe ``Withheld``, and a
-        final ``TurnDone`` (see :meth:`Pipeline.stream`)."""
-        return self.pipeline.stream(session_id, text, should_stop)
+        final ``TurnDone`` (see :meth:`Pipeline.stream`; ``request_id`` as in :meth:`send`)."""
+        return self.pipeline.stream(session_id, text, should_stop, request_id)
+
+    def stored_reply(
+        self, session_id: str, text: str, request_id: str | None = None
+    ) -> Reply | None:
+        """Check a turn's request as :meth:`send` would, without running it; the reply stored
+        under ``request_id``, or ``None`` (see :meth:`Pipeline.stored_reply`)."""
+        return self.pipeline.stored_reply(session_id, text, request_id)
 
     def history(self, session_id: str, offset: int = 0, limit: int | None = None) -> list[Turn]:
         """The stored turns of a session, oldest first."""

@@ -11,6 +11,8 @@ __all__ = [
     "Cancelled",
     "CompanionError",
     "DeadlineExceeded",
+    "DuplicateRequest",
+    "FailedPrecondition",
     "InvalidArgument",
     "ModelLoadError",
     "PermissionDenied",
@@ -39,8 +41,29 @@ class PermissionDenied(CompanionError):
     """The caller is authenticated but may not do this."""
 
 
+class FailedPrecondition(CompanionError):
+    """The request is well formed but conflicts with what is stored: a request id that already
+    names a turn with another message. Retrying it unchanged fails again."""
+
+
+class DuplicateRequest(CompanionError):
+    """Raised by :meth:`SessionStore.append <companion.protocols.SessionStore.append>` when the
+    session already holds turns under the request id; nothing was appended. The pipeline
+    answers it with the stored reply, so it never reaches a caller of the library."""
+
+
 class ResourceExhausted(CompanionError):
-    """A capacity limit was hit (too many sessions, turns, or concurrent requests)."""
+    """A capacity limit was hit (too many sessions, turns, or concurrent requests).
+
+    Args:
+        message: What was exhausted (never request text).
+        retry_after_ms: When the caller may retry, in milliseconds, if the server gave a hint
+            (the service sends it as ``retry-after-ms`` trailing metadata); else ``None``.
+    """
+
+    def __init__(self, message: str = "", *, retry_after_ms: int | None = None) -> None:
+        super().__init__(message)
+        self.retry_after_ms = retry_after_ms
 
 
 class Unavailable(CompanionError):

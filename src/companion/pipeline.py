@@ -7,17 +7,20 @@ resource message, never unchecked generated text.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable, Iterator
 from collections.abc import Generator as Generator_
 from dataclasses import dataclass
 
+from ._events import StreamEvent, TextDelta, TurnDone, Withheld, replay_events
 from ._logging import get_logger
 from ._release import ReleaseBuffer
+from ._requests import outcome_json, reply_from_stored, validate_request_id
 from ._triage import apply_triage, model_history, triage_state
 from .config import PipelineConfig
 from .context import build_messages
-from .errors import Cancelled, InvalidArgument, SessionNotFound, Unavailable
+from .errors import Cancelled, DuplicateRequest, InvalidArgument, SessionNotFound, Unavailable
 from .prompts import SYSTEM_PROMPT
 from .protocols import ChatMessage, Generator, SafetyGuard, SessionStore, ShouldStop
 from .resources import ResourceCatalogue
@@ -35,48 +38,9 @@ from .types import (
     Verdict,
 )
 
-__all__ = ["Pipeline", "StreamEvent", "TextDelta", "TurnDone", "Withheld"]
+__all__ = ["Pipeline", "StreamEvent", "TextDelta", "TurnDone", "Withheld", "replay_events"]
 
 log = get_logger(__name__)
-
-
-@dataclass(frozen=True)
-class TextDelta:
-    """A unit of generated text (a sentence, a clause or a length budget), in order. Every
-    delta has been read by the output guard, with all the text before it, before it is
-    yielded: no generated text leaves the pipeline unchecked."""
-
-    text: str
-
-
-@dataclass(frozen=True)
-class Withheld:
-    """The output guard stopped the reply: generation ended and the rest was not released.
-    Any text shown for this turn must be discarded (it was checked, but it is not the stored
-    turn); the following :class:`TurnDone` carries the fixed message that replaces it.
-
-    Args:
-        category: The category of the check that fired.
-    """
-
-    category: Category
-
-
-@dataclass(frozen=True)
-class TurnDone:
-    """The turn's outcome; always the last event.
-
-    Args:
-        reply: The stored reply.
-        withheld: True when the output guard stopped the generated reply (a
-            :class:`Withheld` event came first); ``reply.text`` is then the fixed message.
-    """
-
-    reply: Reply
-    withheld: bool = False
-
-
-StreamEvent = TextDelta | Withheld | TurnDone
 
 
 @dataclass(frozen=True)
@@ -137,15 +101,48 @@ class Pipeline:
             raise SessionNotFound(f"session {session_id} not found")
         return info
 
-    def turn(self, session_id: str, text: str, should_stop: ShouldStop | None = None) -> Reply:
+    def stored_reply(
+        self, session_id: str, text: str, request_id: str | None = None
+    ) -> Reply | None:
+        """Check a turn's request as :meth:`stream` would, without running it; returns the
+        reply stored under ``request_id``, or ``None`` (always ``None`` without an id).
+
+        Raises:
+            InvalidArgument: bad message, session id or request id.
+            SessionNotFound: no such session.
+            FailedPrecondition: ``request_id`` names a turn with another message.
+        """
+        return self._prepare(session_id, text, request_id)[1]
+
+    def _prepare(
+        self, session_id: str, text: str, request_id: str | None
+    ) -> tuple[SessionInfo, Reply | None]:
+        info = self.session(session_id)
+        self._validate(text)
+        if request_id is None:
+            return info, None
+        found = self.store.find_request(session_id, validate_request_id(request_id))
+        return info, reply_from_stored(found, text) if found is not None else None
+
+    def turn(
+        self,
+        session_id: str,
+        text: str,
+        should_stop: ShouldStop | None = None,
+        request_id: str | None = None,
+    ) -> Reply:
         """Run one turn and return the stored reply (see :meth:`stream`)."""
-        for event in self.stream(session_id, text, should_stop):
+        for event in self.stream(session_id, text, should_stop, request_id):
             if isinstance(event, TurnDone):
                 return event.reply
         raise AssertionError("stream() ended without TurnDone")  # pragma: no cover
 
     def stream(
-        self, session_id: str, text: str, should_stop: ShouldStop | None = None
+        self,
+        session_id: str,
+        text: str,
+        should_stop: ShouldStop | None = None,
+        request_id: str | None = None,
     ) -> Iterator[StreamEvent]:
         """Run one turn, yielding checked units of the reply and a final :class:`TurnDone`.
 
@@ -159,15 +156,25 @@ class Pipeline:
         Nothing is stored until the turn is complete: a cancelled turn (``should_stop()``
         true) raises :class:`Cancelled` and leaves the session unchanged.
 
+        Idempotent turns: with ``request_id`` (1-64 ASCII letters, digits, ``-_.:``), the id is
+        stored with the turn, and a later call with the same id and text gets the stored reply
+        (:func:`replay_events`) instead of a second turn. A call that raced an earlier one with
+        the same id, both running at once, ends with the reply the earlier one stored.
+
         Raises:
-            InvalidArgument: empty, oversize or non-text message; malformed id.
+            InvalidArgument: empty, oversize or non-text message; malformed session or
+                request id.
             SessionNotFound: no such session.
+            FailedPrecondition: ``request_id`` names a stored turn with another message.
             Cancelled: ``should_stop()`` became true before the turn was stored.
             Unavailable: the model failed.
         """
         started = time.perf_counter()
-        info = self.session(session_id)
-        self._validate(text)
+        info, replay = self._prepare(session_id, text, request_id)
+        if replay is not None:
+            log.info("turn_replayed", session_id=session_id, turn_index=replay.turn_index)
+            yield from replay_events(replay)
+            return
         stop = should_stop or (lambda: False)
         history = self.store.history(session_id)
         n = self.config.guard_context_turns
@@ -210,22 +217,18 @@ class Pipeline:
             raise Cancelled("the turn was cancelled before it was stored")
         now = self.clock()
         decided = verdict_out if verdict_out is not None and verdict_out.fired else verdict_in
-        _, stored = self.store.append(
-            session_id,
-            [
-                Turn(Role.USER, text, now, verdict_in.category, action, dict(verdict_in.scores)),
-                Turn(Role.ASSISTANT, reply_text, now, category, action, dict(decided.scores)),
-            ],
-        )
-        reply = Reply(
-            text=reply_text,
-            category=category,
-            action=action,
-            resources=tuple(resources),
-            input_verdict=verdict_in,
-            output_verdict=verdict_out,
-            turn_index=stored.index,
-        )
+        reply = Reply(reply_text, category, action, tuple(resources), verdict_in, verdict_out)
+        pair = [
+            Turn(Role.USER, text, now, verdict_in.category, action, dict(verdict_in.scores)),
+            Turn(Role.ASSISTANT, reply_text, now, category, action, dict(decided.scores)),
+        ]
+        outcome = outcome_json(reply) if request_id is not None else ""
+        try:
+            _, stored = self.store.append(session_id, pair, request_id, outcome)
+        except DuplicateRequest:  # an earlier call with this id stored its turn meanwhile
+            yield from self._replay_raced(session_id, text, request_id)
+            return
+        reply = dataclasses.replace(reply, turn_index=stored.index)
         log.info(
             "turn",
             session_id=session_id,
@@ -318,6 +321,15 @@ class Pipeline:
         return _Checked(
             verdict, "".join(passed), ready, round(_ms(t0) - check_ms, 2), round(check_ms, 2)
         )
+
+    def _replay_raced(
+        self, session_id: str, text: str, request_id: str | None
+    ) -> Iterator[StreamEvent]:
+        replay = self.stored_reply(session_id, text, request_id)
+        if replay is None:  # pragma: no cover - the store just said it holds the id
+            raise SessionNotFound(f"session {session_id} not found")
+        log.info("turn_replayed", session_id=session_id, turn_index=replay.turn_index, raced=True)
+        yield from replay_events(replay)
 
     def _validate(self, text: object) -> None:
         if not isinstance(text, str):

@@ -9,7 +9,7 @@ import numpy as np
 import numpy.typing as npt
 
 from .config import GenerationConfig
-from .types import Role, SessionInfo, Turn, Verdict
+from .types import Role, SessionInfo, StoredRequest, Turn, Verdict
 
 __all__ = [
     "ChatMessage",
@@ -90,12 +90,27 @@ class SessionStore(Protocol):
         """The session, or ``None`` if it does not exist."""
         ...
 
-    def append(self, session_id: str, turns: Sequence[Turn]) -> list[Turn]:
+    def append(
+        self,
+        session_id: str,
+        turns: Sequence[Turn],
+        request_id: str | None = None,
+        outcome: str = "",
+    ) -> list[Turn]:
         """Append ``turns`` atomically (all or none); returns them with their indices set.
+
+        With ``request_id``, the id and ``outcome`` (opaque text) are stored with the turns in
+        the same atomic step, for :meth:`find_request`; an id is unique within a session.
 
         Raises:
             SessionNotFound: no such session.
+            DuplicateRequest: the session already holds turns under ``request_id``; nothing
+                was appended.
         """
+        ...
+
+    def find_request(self, session_id: str, request_id: str) -> StoredRequest | None:
+        """The turns stored under ``request_id`` in this session, or ``None``."""
         ...
 
     def history(self, session_id: str, offset: int = 0, limit: int | None = None) -> list[Turn]:

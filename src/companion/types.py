@@ -19,6 +19,7 @@ __all__ = [
     "Resource",
     "Role",
     "SessionInfo",
+    "StoredRequest",
     "Turn",
     "Verdict",
 ]
@@ -169,6 +170,21 @@ class Turn:
     action: Action = Action.ANSWERED
     scores: Mapping[str, float] = field(default_factory=dict)
     index: int = -1
+
+
+@dataclass(frozen=True)
+class StoredRequest:
+    """The turns a session store holds under one client request id (an idempotency key).
+
+    Args:
+        request_id: The client's id of the request.
+        turns: The turns appended with it, in order (the user turn, then the assistant turn).
+        outcome: What the pipeline recorded to replay the reply (opaque JSON, no text).
+    """
+
+    request_id: str
+    turns: tuple[Turn, ...]
+    outcome: str = ""
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,17 @@ from .._proto.companion.v1 import companion_pb2 as pb
 from .._proto.companion.v1 import companion_pb2_grpc as pb_grpc
 from ..errors import Unavailable
 from ..types import Reply, Turn
-from ._common import DEFAULT_TIMEOUT, ClientEvent, error_from_rpc, event_from_pb, metadata_for
+from ._common import (
+    DEFAULT_BACKOFF,
+    DEFAULT_RETRIES,
+    DEFAULT_TIMEOUT,
+    ClientEvent,
+    Retry,
+    error_from_rpc,
+    event_from_pb,
+    metadata_for,
+    new_request_id,
+)
 
 __all__ = ["AsyncCompanionClient"]
 
@@ -24,12 +34,17 @@ __all__ = ["AsyncCompanionClient"]
 class AsyncCompanionClient:
     """The asyncio twin of :class:`~companion.client.CompanionClient`; same methods, awaited.
 
+    Request ids and retries as in the sync client: a fresh id per message, UNAVAILABLE retried
+    with the same id up to ``retries`` times (a stream only before its first event).
+
     Args:
         target: ``host:port`` of the server.
         api_key: Sent as ``authorization: Bearer <key>`` when the server requires keys.
-        timeout: Default deadline per call in seconds (``None``: none).
+        timeout: Default deadline per call in seconds (``None``: none); each attempt gets it.
         credentials: TLS channel credentials; plaintext when ``None``.
         options: Extra gRPC channel options.
+        retries: How many times a call that got UNAVAILABLE is sent again (0: never).
+        backoff: Seconds before the first retry; doubled for each next one (at most 8 s).
 
     Example:
         >>> async with AsyncCompanionClient("127.0.0.1:50051") as cl:
@@ -46,9 +61,12 @@ class AsyncCompanionClient:
         timeout: float | None = DEFAULT_TIMEOUT,
         credentials: grpc.ChannelCredentials | None = None,
         options: Sequence[tuple[str, Any]] = (),
+        retries: int = DEFAULT_RETRIES,
+        backoff: float = DEFAULT_BACKOFF,
     ) -> None:
         self.target = target
         self.timeout = timeout
+        self.retry = Retry(retries, backoff)
         self._channel = (
             aio.secure_channel(target, credentials, options)
             if credentials is not None
@@ -58,11 +76,20 @@ class AsyncCompanionClient:
         self._health = health_pb2_grpc.HealthStub(self._channel)
         self._metadata = metadata_for(api_key)
 
-    async def _call(self, method: Any, request: Any, timeout: float | None) -> Any:
-        try:
-            return await method(request, timeout=timeout, metadata=self._metadata)
-        except grpc.RpcError as err:
-            raise error_from_rpc(err) from None
+    async def _call(
+        self, method: Any, request: Any, timeout: float | None, retry: bool = False
+    ) -> Any:
+        attempt = 0
+        while True:
+            try:
+                return await method(request, timeout=timeout, metadata=self._metadata)
+            except grpc.RpcError as err:
+                error = error_from_rpc(err)
+            delay = self.retry.delay(attempt, error) if retry else None
+            if delay is None:
+                raise error
+            await asyncio.sleep(delay)
+            attempt += 1
 
     async def create_session(
         self, locale: str = "en-US", metadata: Mapping[str, str] | None = None
@@ -71,32 +98,59 @@ class AsyncCompanionClient:
         req = pb.CreateSessionRequest(locale=locale, metadata=dict(metadata or {}))
         return str((await self._call(self._stub.CreateSession, req, self.timeout)).session_id)
 
-    async def send(self, session_id: str, text: str, *, timeout: float | None = None) -> Reply:
-        """Send a message; returns the guarded reply."""
-        req = pb.SendMessageRequest(session_id=session_id, text=text)
-        resp = await self._call(self._stub.SendMessage, req, timeout or self.timeout)
+    async def send(
+        self,
+        session_id: str,
+        text: str,
+        *,
+        timeout: float | None = None,
+        request_id: str | None = None,
+    ) -> Reply:
+        """Send a message; returns the guarded reply (``request_id`` as in the sync client)."""
+        req = pb.SendMessageRequest(
+            session_id=session_id, text=text, request_id=request_id or new_request_id()
+        )
+        resp = await self._call(self._stub.SendMessage, req, timeout or self.timeout, retry=True)
         return _wire.reply_from_pb(resp)
 
     async def stream(
-        self, session_id: str, text: str, *, timeout: float | None = None
+        self,
+        session_id: str,
+        text: str,
+        *,
+        timeout: float | None = None,
+        request_id: str | None = None,
     ) -> AsyncIterator[ClientEvent]:
         """Send a message; yields checked ``TextDelta``s, maybe ``Withheld``, then ``TurnDone``.
 
         Leaving the loop early cancels the call; the server then stores nothing of the turn.
+        UNAVAILABLE before the first event is retried with the same request id.
         """
-        req = pb.StreamMessageRequest(session_id=session_id, text=text)
-        call = self._stub.StreamMessage(
-            req, timeout=timeout or self.timeout, metadata=self._metadata
+        req = pb.StreamMessageRequest(
+            session_id=session_id, text=text, request_id=request_id or new_request_id()
         )
-        try:
-            async for message in call:
-                event = event_from_pb(message)
-                if event is not None:
-                    yield event
-        except grpc.RpcError as err:
-            raise error_from_rpc(err) from None
-        finally:
-            call.cancel()
+        attempt = 0
+        while True:
+            call = self._stub.StreamMessage(
+                req, timeout=timeout or self.timeout, metadata=self._metadata
+            )
+            started = False
+            try:
+                async for message in call:
+                    event = event_from_pb(message)
+                    if event is not None:
+                        started = True
+                        yield event
+                return
+            except grpc.RpcError as err:
+                error = error_from_rpc(err)
+                delay = None if started else self.retry.delay(attempt, error)
+                if delay is None:
+                    raise error from None
+            finally:
+                call.cancel()
+            await asyncio.sleep(delay)
+            attempt += 1
 
     async def history(self, session_id: str, *, page_size: int = 100) -> list[Turn]:
         """All stored turns, oldest first (fetched page by page)."""
@@ -104,7 +158,7 @@ class AsyncCompanionClient:
         token = ""
         while True:
             req = pb.GetHistoryRequest(session_id=session_id, page_size=page_size, page_token=token)
-            resp = await self._call(self._stub.GetHistory, req, self.timeout)
+            resp = await self._call(self._stub.GetHistory, req, self.timeout, retry=True)
             turns.extend(_wire.turn_from_pb(t) for t in resp.turns)
             token = resp.next_page_token
             if not token:

@@ -1,7 +1,9 @@
-"""What the sync and async clients share: events, error mapping, message conversion."""
+"""What the sync and async clients share: events, error mapping, message conversion, retries."""
 
 from __future__ import annotations
 
+import random
+import uuid
 from collections.abc import Mapping
 
 import grpc
@@ -12,6 +14,7 @@ from ..errors import (
     Cancelled,
     CompanionError,
     DeadlineExceeded,
+    FailedPrecondition,
     InvalidArgument,
     PermissionDenied,
     ResourceExhausted,
@@ -20,9 +23,20 @@ from ..errors import (
 )
 from ..pipeline import TextDelta, TurnDone, Withheld
 
-__all__ = ["ClientEvent", "error_from_rpc", "event_from_pb", "metadata_for"]
+__all__ = [
+    "ClientEvent",
+    "Retry",
+    "error_from_rpc",
+    "event_from_pb",
+    "metadata_for",
+    "new_request_id",
+]
 
 DEFAULT_TIMEOUT = 120.0
+DEFAULT_RETRIES = 4
+DEFAULT_BACKOFF = 0.5
+_MAX_BACKOFF = 8.0
+_RETRY_AFTER_KEY = "retry-after-ms"
 
 
 ClientEvent = TextDelta | Withheld | TurnDone
@@ -32,6 +46,7 @@ ClientEvent = TextDelta | Withheld | TurnDone
 _ERRORS: Mapping[grpc.StatusCode, type[CompanionError]] = {
     grpc.StatusCode.INVALID_ARGUMENT: InvalidArgument,
     grpc.StatusCode.NOT_FOUND: SessionNotFound,
+    grpc.StatusCode.FAILED_PRECONDITION: FailedPrecondition,
     grpc.StatusCode.PERMISSION_DENIED: PermissionDenied,
     grpc.StatusCode.UNAUTHENTICATED: PermissionDenied,
     grpc.StatusCode.RESOURCE_EXHAUSTED: ResourceExhausted,
@@ -42,11 +57,50 @@ _ERRORS: Mapping[grpc.StatusCode, type[CompanionError]] = {
 
 
 def error_from_rpc(err: grpc.RpcError) -> CompanionError:
-    """The library error for a failed call; the message starts with the status code name."""
+    """The library error for a failed call; the message starts with the status code name. A
+    RESOURCE_EXHAUSTED carries the server's ``retry-after-ms`` hint as ``retry_after_ms``."""
     code = err.code() if hasattr(err, "code") else grpc.StatusCode.UNKNOWN
     details = err.details() if hasattr(err, "details") else ""
     cls = _ERRORS.get(code, CompanionError)
+    if cls is ResourceExhausted:
+        return ResourceExhausted(f"{code.name}: {details}", retry_after_ms=_retry_after(err))
     return cls(f"{code.name}: {details}")
+
+
+def _retry_after(err: grpc.RpcError) -> int | None:
+    trailing = err.trailing_metadata() if hasattr(err, "trailing_metadata") else None
+    for key, value in trailing or ():
+        if key == _RETRY_AFTER_KEY:
+            text = value.decode() if isinstance(value, bytes) else str(value)
+            return int(text) if text.isascii() and text.isdigit() else None
+    return None
+
+
+def new_request_id() -> str:
+    """A fresh request id for one message (a random UUID), reused by its retries."""
+    return str(uuid.uuid4())
+
+
+class Retry:
+    """When a call that got UNAVAILABLE is sent again: up to ``retries`` times, after
+    ``backoff`` seconds doubling each time (at most 8 s), each delay scaled by a random factor
+    in [0.5, 1] so that many clients do not come back at once.
+
+    Only calls that are safe to repeat are retried: a turn with its request id (the server
+    answers a retry of a stored turn with the stored reply) and history reads.
+    """
+
+    def __init__(self, retries: int = DEFAULT_RETRIES, backoff: float = DEFAULT_BACKOFF) -> None:
+        if retries < 0 or backoff < 0:
+            raise ValueError(f"retries={retries}, backoff={backoff}: both must be >= 0")
+        self.retries = retries
+        self.backoff = backoff
+
+    def delay(self, attempt: int, error: CompanionError) -> float | None:
+        """Seconds to wait before attempt ``attempt + 1`` after ``error``; ``None``: give up."""
+        if not isinstance(error, Unavailable) or attempt >= self.retries:
+            return None
+        return min(self.backoff * float(2**attempt), _MAX_BACKOFF) * random.uniform(0.5, 1.0)
 
 
 def metadata_for(api_key: str | None) -> tuple[tuple[str, str], ...]:

@@ -7,6 +7,8 @@
   become an :class:`Undecodable` value; the interceptor turns that into INVALID_ARGUMENT.
 - Logs: a session id is logged only when it has the shape of an id we issue; any other value
   is logged as :func:`session_id_fields`'s keyed hash, so a client cannot write into our logs.
+  A request id (chosen by the client) is only ever logged as that hash
+  (:func:`request_id_fields`), valid or not.
 """
 
 from __future__ import annotations
@@ -22,7 +24,14 @@ import grpc
 
 from ..sessions import is_valid_session_id
 
-__all__ = ["UNDECODABLE_MESSAGE", "Undecodable", "guard_foreign", "safe_deserializer"]
+__all__ = [
+    "UNDECODABLE_MESSAGE",
+    "Undecodable",
+    "guard_foreign",
+    "request_id_fields",
+    "safe_deserializer",
+    "session_id_fields",
+]
 
 UNDECODABLE_MESSAGE = (
     "the request is not a valid protobuf message for this method"
@@ -40,6 +49,7 @@ class Undecodable:
     __slots__ = ()
 
     session_id = ""
+    request_id = ""
 
 
 _UNDECODABLE = Undecodable()
@@ -68,8 +78,19 @@ def session_id_fields(session_id: str) -> dict[str, str]:
         return {}
     if is_valid_session_id(session_id):
         return {"session_id": session_id}
-    digest = hmac.new(_LOG_KEY, session_id.encode("utf-8", "replace"), hashlib.sha256)
-    return {"session_id_hmac": digest.hexdigest()[:12]}
+    return {"session_id_hmac": _keyed_hash(session_id)}
+
+
+def request_id_fields(request_id: str) -> dict[str, str]:
+    """Log fields for a client's request id: ``request_id_hmac`` only (the id is the client's
+    own string, so never logged raw), enough to tell a retry from a new request."""
+    return {"request_id_hmac": _keyed_hash(request_id)} if request_id else {}
+
+
+def _keyed_hash(value: str) -> str:
+    """HMAC-SHA256 of ``value`` under the per-process key, 12 hex characters."""
+    digest = hmac.new(_LOG_KEY, value.encode("utf-8", "replace"), hashlib.sha256)
+    return digest.hexdigest()[:12]
 
 
 def guard_foreign(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:

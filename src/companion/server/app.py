@@ -25,6 +25,7 @@ from .._proto.companion.v1 import companion_pb2_grpc as pb_grpc
 from ..config import GenerationConfig
 from ..protocols import SessionStore
 from ..sessions import RedisSessionStore
+from ._admission import GenerationQueue
 from .interceptors import ServiceInterceptor
 from .metrics import Metrics
 from .servicer import CompanionServicer
@@ -119,7 +120,9 @@ class CompanionServer:
     ) -> None:
         self.settings = settings
         self.metrics = Metrics()
-        self.servicer = CompanionServicer()
+        self.servicer = CompanionServicer(
+            queue=GenerationQueue(self.metrics, depth=settings.generation_queue_depth)
+        )
         self.health = health.aio.HealthServicer()
         self._companion = companion
         self._factory = factory
@@ -142,13 +145,14 @@ class CompanionServer:
                 nothing is left running.
         """
         s = self.settings
+        # No maximum_concurrent_rpcs here: grpc's limit refuses health and reflection too, and
+        # says nothing of what it refuses. The interceptor limits the companion service alone.
         server = aio.server(
-            interceptors=[ServiceInterceptor(self.metrics, s.api_keys)],
+            interceptors=[ServiceInterceptor(self.metrics, s.api_keys, s.max_concurrent_rpcs)],
             options=[
                 ("grpc.max_receive_message_length", MAX_RECEIVE_BYTES),
                 ("grpc.so_reuseport", 0),
             ],
-            maximum_concurrent_rpcs=s.max_concurrent_rpcs,
         )
         pb_grpc.add_CompanionServiceServicer_to_server(self.servicer, server)  # type: ignore[no-untyped-call]
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
@@ -218,6 +222,7 @@ class CompanionServer:
         if self._loading is not None and not self._loading.done():
             self._loading.cancel()
         self.metrics.close()
+        self.servicer.close()
         if self._owns_companion and self._companion is not None:
             self._companion.close()
         log.info("server_stopped")

@@ -10,9 +10,15 @@ undecodable-request check below):
   (:data:`STATUS_CODES`); anything else is INTERNAL with a generic message, never UNKNOWN.
 - Undecodable requests (corrupt protobuf, invalid UTF-8) get INVALID_ARGUMENT, on every
   service (:mod:`._boundary`): grpc would answer UNKNOWN naming protobuf's exception.
+- Concurrency: at most ``max_concurrent_rpcs`` calls of the service at once; the next gets
+  RESOURCE_EXHAUSTED with a ``retry-after-ms`` hint, and is logged and counted. This replaces
+  grpc's own ``maximum_concurrent_rpcs``, which refuses health checks and reflection too (so a
+  liveness probe would kill a busy server) and neither logs nor counts what it refuses.
 - One ``rpc`` structlog line per call with method, code, latency, session id and verdict; and
   the Prometheus metrics. Message and reply text are never read here, and no other string the
-  client sent is logged: a session id only when well formed, otherwise as a keyed hash.
+  client sent is logged: a session id only when well formed, otherwise as a keyed hash; a
+  request id only as a keyed hash. A ``ResourceExhausted`` that carries ``retry_after_ms``
+  goes out as ``retry-after-ms`` trailing metadata.
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ from ..errors import (
     Cancelled,
     CompanionError,
     DeadlineExceeded,
+    FailedPrecondition,
     InvalidArgument,
     ModelLoadError,
     PermissionDenied,
@@ -41,13 +48,21 @@ from ..errors import (
     SessionNotFound,
     Unavailable,
 )
-from ._boundary import UNDECODABLE_MESSAGE, Undecodable, guard_foreign, safe_deserializer
+from ._boundary import (
+    UNDECODABLE_MESSAGE,
+    Undecodable,
+    guard_foreign,
+    request_id_fields,
+    safe_deserializer,
+)
 from ._boundary import session_id_fields as session_id_fields
 from .metrics import Metrics
 
 __all__ = [
+    "RETRY_AFTER_KEY",
     "STATUS_CODES",
     "ServiceInterceptor",
+    "call_fields",
     "caller_owner",
     "owner_of_key",
     "session_id_fields",
@@ -56,10 +71,14 @@ __all__ = [
 log = get_logger("companion.server")
 
 SERVICE_PREFIX = "/companion.v1.CompanionService/"
+RETRY_AFTER_KEY = "retry-after-ms"
+"""Trailing metadata of a RESOURCE_EXHAUSTED that says when to retry, in milliseconds."""
+_CONCURRENCY_RETRY_MS = 250
 
 STATUS_CODES: dict[type[CompanionError], grpc.StatusCode] = {
     InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
     SessionNotFound: grpc.StatusCode.NOT_FOUND,
+    FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
     PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
     ResourceExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
     Unavailable: grpc.StatusCode.UNAVAILABLE,
@@ -72,9 +91,20 @@ STATUS_CODES: dict[type[CompanionError], grpc.StatusCode] = {
 _owner: contextvars.ContextVar[str | None] = contextvars.ContextVar("companion_owner", default=None)
 
 
+_fields: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar(
+    "companion_call_fields", default=None
+)
+
+
 def caller_owner() -> str | None:
     """The authenticated caller's owner id, or ``None`` when authentication is off."""
     return _owner.get()
+
+
+def call_fields() -> dict[str, Any] | None:
+    """The fields of the current call's ``rpc`` log line, for the servicer to add to (never
+    text); ``None`` outside a call."""
+    return _fields.get()
 
 
 def owner_of_key(key: str) -> str:
@@ -101,6 +131,7 @@ class _Call:
 
     def saw_request(self, request: Any) -> None:
         self.fields.update(session_id_fields(getattr(request, "session_id", "")))
+        self.fields.update(request_id_fields(getattr(request, "request_id", "")))
 
     def saw_response(self, response: Any, metrics: Metrics) -> None:
         name = type(response).__name__
@@ -158,11 +189,20 @@ class ServiceInterceptor(aio.ServerInterceptor):  # type: ignore[misc]  # grpc i
     Args:
         metrics: Where RPC latencies, errors, turns and guard decisions are counted.
         api_keys: Accepted bearer keys; empty disables authentication.
+        max_concurrent_rpcs: Calls of the service handled at once; more get
+            RESOURCE_EXHAUSTED (``None``: no limit). Health and reflection do not count.
     """
 
-    def __init__(self, metrics: Metrics, api_keys: Sequence[str] = ()) -> None:
+    def __init__(
+        self,
+        metrics: Metrics,
+        api_keys: Sequence[str] = (),
+        max_concurrent_rpcs: int | None = None,
+    ) -> None:
         self.metrics = metrics
         self._keys = [k.encode() for k in api_keys]
+        self._limit = max_concurrent_rpcs
+        self._active = 0  # calls of the service being handled (all on the event loop)
 
     async def intercept_service(
         self,
@@ -216,8 +256,9 @@ class ServiceInterceptor(aio.ServerInterceptor):  # type: ignore[misc]  # grpc i
         async def unary(request: Any, context: aio.ServicerContext[Any, Any]) -> Any:
             call = _Call(method)
             call.saw_request(request)
-            self.metrics.in_flight.inc()
+            admitted = False
             try:
+                admitted = self._admit(call)
                 _owner.set(self._authenticate(metadata))
                 _check_decoded(request)
                 response = await behavior(request, context)
@@ -227,7 +268,7 @@ class ServiceInterceptor(aio.ServerInterceptor):  # type: ignore[misc]  # grpc i
                 await self._fail(call, context, exc)
                 raise  # pragma: no cover - _fail aborts or re-raises
             finally:
-                self.metrics.in_flight.dec()
+                self._leave(admitted)
                 call.finish(self.metrics)
 
         return unary
@@ -240,8 +281,9 @@ class ServiceInterceptor(aio.ServerInterceptor):  # type: ignore[misc]  # grpc i
         ) -> AsyncIterator[Any]:
             call = _Call(method)
             call.saw_request(request)
-            self.metrics.in_flight.inc()
+            admitted = False
             try:
+                admitted = self._admit(call)
                 _owner.set(self._authenticate(metadata))
                 _check_decoded(request)
                 async for response in behavior(request, context):
@@ -251,10 +293,29 @@ class ServiceInterceptor(aio.ServerInterceptor):  # type: ignore[misc]  # grpc i
                 await self._fail(call, context, exc)
                 raise  # pragma: no cover
             finally:
-                self.metrics.in_flight.dec()
+                self._leave(admitted)
                 call.finish(self.metrics)
 
         return stream
+
+    def _admit(self, call: _Call) -> bool:
+        """Count the call in, or raise ResourceExhausted past ``max_concurrent_rpcs``."""
+        _fields.set(call.fields)
+        if self._limit is not None and self._active >= self._limit:
+            self.metrics.rejected.labels(call.method, "concurrency_limit").inc()
+            call.fields["rejected"] = "concurrency_limit"
+            raise ResourceExhausted(
+                f"more than {self._limit} concurrent calls; retry shortly",
+                retry_after_ms=_CONCURRENCY_RETRY_MS,
+            )
+        self._active += 1
+        self.metrics.in_flight.inc()
+        return True
+
+    def _leave(self, admitted: bool) -> None:
+        if admitted:
+            self._active -= 1
+            self.metrics.in_flight.dec()
 
     async def _fail(
         self, call: _Call, context: aio.ServicerContext[Any, Any], exc: BaseException
@@ -275,7 +336,9 @@ class ServiceInterceptor(aio.ServerInterceptor):  # type: ignore[misc]  # grpc i
         if isinstance(exc, CompanionError):
             call.code = status_for(exc)
             call.fields["error"] = type(exc).__name__
-            await context.abort(call.code, str(exc))
+            retry_after = getattr(exc, "retry_after_ms", None)
+            trailing = ((RETRY_AFTER_KEY, str(retry_after)),) if retry_after is not None else ()
+            await context.abort(call.code, str(exc), trailing)
         # A bug, not a bad request: say so without details (they could hold text).
         call.code = grpc.StatusCode.INTERNAL
         call.fields["error"] = type(exc).__name__

@@ -52,6 +52,19 @@ class Metrics:
             ["action", "category"],
             registry=self.registry,
         )
+        self.rejected = Counter(
+            "companion_rejected_rpcs",
+            "Calls refused or dropped before they reached the model: reason queue_full (the"
+            " generation queue was full), concurrency_limit (max_concurrent_rpcs), client_gone"
+            " or deadline_passed (while the turn waited in the queue).",
+            ["method", "reason"],
+            registry=self.registry,
+        )
+        self.queue_length = Gauge(
+            "companion_generation_queue_length",
+            "Turns waiting for the model now.",
+            registry=self.registry,
+        )
         self.in_flight = Gauge(
             "companion_rpcs_in_flight",
             "RPCs being handled now.",

@@ -101,7 +101,16 @@ class ServerSettings(BaseSettings):
     do_sample: bool = True
     max_message_chars: int = Field(default=4000, description="longer text is rejected")
     max_concurrent_rpcs: int = Field(
-        default=64, ge=1, description="more concurrent calls get RESOURCE_EXHAUSTED"
+        default=64,
+        ge=1,
+        description="more concurrent calls of the companion service get RESOURCE_EXHAUSTED"
+        " (health and reflection are never refused)",
+    )
+    generation_queue_depth: int = Field(
+        default=8,
+        ge=0,
+        description="turns that may wait for the model; the next gets RESOURCE_EXHAUSTED at"
+        " once, with a retry-after-ms hint",
     )
     grace_seconds: float = Field(
         default=10.0, ge=0, description="how long in-flight calls may finish on shutdown"

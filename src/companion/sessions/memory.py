@@ -6,8 +6,8 @@ import threading
 from collections.abc import Sequence
 from dataclasses import replace
 
-from ..errors import SessionNotFound
-from ..types import SessionInfo, Turn
+from ..errors import DuplicateRequest, SessionNotFound
+from ..types import SessionInfo, StoredRequest, Turn
 
 __all__ = ["InMemorySessionStore"]
 
@@ -18,6 +18,8 @@ class InMemorySessionStore:
     def __init__(self) -> None:
         self._sessions: dict[str, SessionInfo] = {}
         self._turns: dict[str, list[Turn]] = {}
+        # session id -> request id -> (index of the first turn, number of turns, outcome)
+        self._requests: dict[str, dict[str, tuple[int, int, str]]] = {}
         self._lock = threading.Lock()
 
     def create(self, info: SessionInfo) -> None:
@@ -27,22 +29,50 @@ class InMemorySessionStore:
                 raise ValueError("session id already exists")
             self._sessions[info.id] = info
             self._turns[info.id] = []
+            self._requests[info.id] = {}
 
     def get(self, session_id: str) -> SessionInfo | None:
         """The session, or ``None``."""
         with self._lock:
             return self._sessions.get(session_id)
 
-    def append(self, session_id: str, turns: Sequence[Turn]) -> list[Turn]:
-        """Append ``turns`` atomically; returns them with indices set."""
+    def append(
+        self,
+        session_id: str,
+        turns: Sequence[Turn],
+        request_id: str | None = None,
+        outcome: str = "",
+    ) -> list[Turn]:
+        """Append ``turns`` atomically, with ``request_id`` if given; returns them with indices
+        set.
+
+        Raises:
+            SessionNotFound: no such session.
+            DuplicateRequest: ``request_id`` already names turns of this session.
+        """
         with self._lock:
             stored = self._turns.get(session_id)
             if stored is None:
                 raise SessionNotFound(f"session {session_id} not found")
+            requests = self._requests[session_id]
+            if request_id is not None and request_id in requests:
+                raise DuplicateRequest("the session already holds turns under this request id")
             start = len(stored)
             added = [replace(t, index=start + i) for i, t in enumerate(turns)]
             stored.extend(added)
+            if request_id is not None:
+                requests[request_id] = (start, len(added), outcome)
             return added
+
+    def find_request(self, session_id: str, request_id: str) -> StoredRequest | None:
+        """The turns stored under ``request_id``, or ``None``."""
+        with self._lock:
+            found = self._requests.get(session_id, {}).get(request_id)
+            if found is None:
+                return None
+            start, count, outcome = found
+            turns = tuple(self._turns[session_id][start : start + count])
+            return StoredRequest(request_id, turns, outcome)
 
     def history(self, session_id: str, offset: int = 0, limit: int | None = None) -> list[Turn]:
         """Turns in order from ``offset``, at most ``limit``."""
@@ -57,6 +87,7 @@ class InMemorySessionStore:
         """Erase the session; False if unknown."""
         with self._lock:
             self._turns.pop(session_id, None)
+            self._requests.pop(session_id, None)
             return self._sessions.pop(session_id, None) is not None
 
     def close(self) -> None:

@@ -9,8 +9,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlsplit
 
 from .._logging import get_logger
-from ..errors import SessionNotFound, Unavailable
-from ..types import Action, Category, Role, SessionInfo, Turn
+from ..errors import DuplicateRequest, SessionNotFound, Unavailable
+from ..types import Action, Category, Role, SessionInfo, StoredRequest, Turn
 
 if TYPE_CHECKING:
     import redis
@@ -24,20 +24,30 @@ log = get_logger("companion.sessions")
 
 T = TypeVar("T")
 
-# KEYS[1] the session's info, KEYS[2] its turns (a list: a turn's index is its position).
-# ARGV[1] the TTL in seconds, ARGV[2..] the turns as JSON. Redis runs a script alone, so the
-# length read and the push cannot interleave with another process's append: indexes never
-# collide and a pair stays adjacent. Returns the first new index, or -1 for no such session.
+# KEYS[1] the session's info, KEYS[2] its turns (a list: a turn's index is its position), KEYS[3]
+# its request ids (a hash: request id -> "<first index> <count> <outcome>"). ARGV[1] the TTL in
+# seconds, ARGV[2] the request id or "", ARGV[3] the outcome, ARGV[4..] the turns as JSON. Redis
+# runs a script alone, so the checks, the length read and the pushes cannot interleave with
+# another process's append: indexes never collide, a pair stays adjacent and a request id is
+# stored once. Returns the first new index, -1 for no such session, -2 for a request id the
+# session already holds (nothing written).
 _APPEND = """
 if redis.call('EXISTS', KEYS[1]) == 0 then
   return -1
 end
+if ARGV[2] ~= '' and redis.call('HEXISTS', KEYS[3], ARGV[2]) == 1 then
+  return -2
+end
 local start = redis.call('LLEN', KEYS[2])
-if #ARGV > 1 then
-  redis.call('RPUSH', KEYS[2], unpack(ARGV, 2))
+if #ARGV > 3 then
+  redis.call('RPUSH', KEYS[2], unpack(ARGV, 4))
+end
+if ARGV[2] ~= '' then
+  redis.call('HSET', KEYS[3], ARGV[2], start .. ' ' .. (#ARGV - 3) .. ' ' .. ARGV[3])
 end
 redis.call('EXPIRE', KEYS[1], ARGV[1])
 redis.call('EXPIRE', KEYS[2], ARGV[1])
+redis.call('EXPIRE', KEYS[3], ARGV[1])
 return start
 """
 
@@ -60,12 +70,13 @@ def _describe_url(url: str) -> str:
 class RedisSessionStore:
     """Sessions and turns in Redis; every process pointed at the same server shares them.
 
-    Each session has two keys, ``<prefix>session:{<id>}`` (its info, JSON) and
-    ``<prefix>turns:{<id>}`` (a list of turns, JSON; a turn's index is its position). The braces
-    keep both in one Redis Cluster slot. A turn pair is appended by one Lua script, so two
-    processes appending to one session get distinct, gapless indexes. Both keys expire
-    ``ttl_seconds`` after the session was created or last given a turn. :meth:`delete` removes
-    both keys.
+    Each session has up to three keys, ``<prefix>session:{<id>}`` (its info, JSON),
+    ``<prefix>turns:{<id>}`` (a list of turns, JSON; a turn's index is its position) and, once
+    a turn came with a request id, ``<prefix>requests:{<id>}`` (a hash of request ids). The
+    braces keep them in one Redis Cluster slot. A turn pair and its request id are written by
+    one Lua script, so two processes appending to one session get distinct, gapless indexes
+    and a request id is stored once. The keys expire ``ttl_seconds`` after the session was
+    created or last given a turn. :meth:`delete` removes all of them.
 
     A Redis that is down, refuses the connection or does not answer within the timeouts raises
     :class:`~companion.errors.Unavailable` (the service's UNAVAILABLE). Nothing is retried: an
@@ -129,9 +140,13 @@ class RedisSessionStore:
     def __repr__(self) -> str:
         return f"RedisSessionStore({self.url!r}, ttl_seconds={self.ttl_seconds})"
 
-    def keys(self, session_id: str) -> tuple[str, str]:
-        """The session's two keys: its info and its turns."""
-        return (f"{self.prefix}session:{{{session_id}}}", f"{self.prefix}turns:{{{session_id}}}")
+    def keys(self, session_id: str) -> tuple[str, str, str]:
+        """The session's keys: its info, its turns and its request ids."""
+        return (
+            f"{self.prefix}session:{{{session_id}}}",
+            f"{self.prefix}turns:{{{session_id}}}",
+            f"{self.prefix}requests:{{{session_id}}}",
+        )
 
     @contextmanager
     def _redis(self, operation: str) -> Iterator[None]:
@@ -187,40 +202,56 @@ class RedisSessionStore:
             session_id, data["locale"], data["created_at"], data["owner"], data["metadata"]
         )
 
-    def append(self, session_id: str, turns: Sequence[Turn]) -> list[Turn]:
-        """Append ``turns`` atomically (one script); returns them with indices set, and
-        refreshes the session's TTL.
+    def append(
+        self,
+        session_id: str,
+        turns: Sequence[Turn],
+        request_id: str | None = None,
+        outcome: str = "",
+    ) -> list[Turn]:
+        """Append ``turns`` atomically (one script), with ``request_id`` and ``outcome`` if
+        given; returns them with indices set, and refreshes the session's TTL.
 
         Raises:
             SessionNotFound: no such session.
+            DuplicateRequest: ``request_id`` already names turns of this session.
             Unavailable: Redis cannot be reached.
         """
-        rows = [
-            json.dumps(
-                {
-                    "role": t.role.value,
-                    "text": t.text,
-                    "ts": t.timestamp,
-                    "category": t.category.value,
-                    "action": t.action.value,
-                    "scores": dict(t.scores),
-                },
-                ensure_ascii=False,
-            )
-            for t in turns
-        ]
+        rows = [_turn_json(t) for t in turns]
         keys = self.keys(session_id)
-        start = int(
-            self._call(
-                "append", lambda: self._append(keys=list(keys), args=[self.ttl_seconds, *rows])
-            )
-        )
-        if start < 0:
+        args: list[str | int] = [self.ttl_seconds, request_id or "", outcome, *rows]
+        start = int(self._call("append", lambda: self._append(keys=list(keys), args=args)))
+        if start == -1:
             raise SessionNotFound(f"session {session_id} not found")
+        if start == -2:
+            raise DuplicateRequest("the session already holds turns under this request id")
         return [
             Turn(t.role, t.text, t.timestamp, t.category, t.action, dict(t.scores), start + i)
             for i, t in enumerate(turns)
         ]
+
+    def find_request(self, session_id: str, request_id: str) -> StoredRequest | None:
+        """The turns stored under ``request_id``, or ``None``.
+
+        Raises:
+            Unavailable: Redis cannot be reached.
+        """
+        _, turns_key, requests_key = self.keys(session_id)
+        found: Any = self._call("find_request", lambda: self._client.hget(requests_key, request_id))
+        if found is None:
+            return None
+        first, count, outcome = str(found).split(" ", 2)
+        start, n = int(first), int(count)
+        # Turns are only ever appended, so the range still holds them unless the session was
+        # deleted in between (then it is empty).
+        rows: Any = self._call(
+            "find_request", lambda: self._client.lrange(turns_key, start, start + n - 1)
+        )
+        if len(rows) != n:
+            return None
+        return StoredRequest(
+            request_id, tuple(_turn_from_json(r, start + i) for i, r in enumerate(rows)), outcome
+        )
 
     def history(self, session_id: str, offset: int = 0, limit: int | None = None) -> list[Turn]:
         """Turns in order from ``offset``, at most ``limit``.
@@ -229,7 +260,7 @@ class RedisSessionStore:
             SessionNotFound: no such session.
             Unavailable: Redis cannot be reached.
         """
-        info_key, turns_key = self.keys(session_id)
+        info_key, turns_key, _ = self.keys(session_id)
         end = -1 if limit is None else offset + limit - 1
 
         def read() -> list[Any]:
@@ -243,34 +274,20 @@ class RedisSessionStore:
         if not replies[0]:
             raise SessionNotFound(f"session {session_id} not found")
         rows: list[str] = replies[1] if limit != 0 else []
-        turns = []
-        for i, raw in enumerate(rows):
-            d = json.loads(raw)
-            turns.append(
-                Turn(
-                    Role(d["role"]),
-                    d["text"],
-                    d["ts"],
-                    Category(d["category"]),
-                    Action(d["action"]),
-                    d["scores"],
-                    offset + i,
-                )
-            )
-        return turns
+        return [_turn_from_json(raw, offset + i) for i, raw in enumerate(rows)]
 
     def delete(self, session_id: str) -> bool:
-        """Erase the session and its turns (both keys); False if unknown.
+        """Erase the session, its turns and its request ids (every key); False if unknown.
 
         Raises:
             Unavailable: Redis cannot be reached.
         """
-        info_key, turns_key = self.keys(session_id)
+        info_key, turns_key, requests_key = self.keys(session_id)
 
         def erase() -> list[Any]:
             with self._client.pipeline(transaction=True) as p:
                 p.delete(info_key)
-                p.delete(turns_key)
+                p.delete(turns_key, requests_key)
                 return p.execute()
 
         removed_info, _ = self._call("delete", erase)
@@ -279,3 +296,30 @@ class RedisSessionStore:
     def close(self) -> None:
         """Close the client's connections."""
         self._client.close()
+
+
+def _turn_json(t: Turn) -> str:
+    return json.dumps(
+        {
+            "role": t.role.value,
+            "text": t.text,
+            "ts": t.timestamp,
+            "category": t.category.value,
+            "action": t.action.value,
+            "scores": dict(t.scores),
+        },
+        ensure_ascii=False,
+    )
+
+
+def _turn_from_json(raw: str, index: int) -> Turn:
+    d = json.loads(raw)
+    return Turn(
+        Role(d["role"]),
+        d["text"],
+        d["ts"],
+        Category(d["category"]),
+        Action(d["action"]),
+        d["scores"],
+        index,
+    )

@@ -8,11 +8,12 @@ import sqlite3
 import threading
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from .._logging import get_logger
 from ..config import data_dir
-from ..errors import SessionNotFound
-from ..types import Action, Category, Role, SessionInfo, Turn
+from ..errors import DuplicateRequest, SessionNotFound
+from ..types import Action, Category, Role, SessionInfo, StoredRequest, Turn
 
 __all__ = ["SQLiteSessionStore"]
 
@@ -37,7 +38,19 @@ CREATE TABLE IF NOT EXISTS turns (
     scores     TEXT NOT NULL DEFAULT '{}',
     PRIMARY KEY (session_id, idx)
 );
+-- Added for idempotent turns. A file made before it gets the table when a store opens it
+-- (IF NOT EXISTS, one statement: atomic); its turns keep no request id, and nothing else changes.
+CREATE TABLE IF NOT EXISTS requests (
+    session_id TEXT NOT NULL REFERENCES sessions(id) ON DELETE CASCADE,
+    request_id TEXT NOT NULL,
+    first_idx  INTEGER NOT NULL,
+    n_turns    INTEGER NOT NULL,
+    outcome    TEXT NOT NULL DEFAULT '',
+    PRIMARY KEY (session_id, request_id)
+);
 """
+
+_TURN_COLUMNS = "role, text, ts, category, action, scores, idx"
 
 
 def _create_private(path: Path) -> None:
@@ -59,6 +72,11 @@ class SQLiteSessionStore:
 
     Durability: ``synchronous=FULL``, so a turn the store acknowledged (``append`` returned) is
     on disk, and survives a power loss as well as a process crash.
+
+    Request ids (idempotent turns) live in a ``requests`` table beside ``turns``, written in the
+    turns' transaction and erased with the session. A file made by an earlier version is
+    migrated when the store opens it: the table is added (one ``CREATE TABLE IF NOT EXISTS``,
+    atomic); its sessions and turns are left as they are.
 
     Erasure: ``secure_delete`` overwrites the erased rows in the database pages, and every
     erasure (:meth:`delete`) ends with ``PRAGMA wal_checkpoint(TRUNCATE)``, which writes those
@@ -113,8 +131,20 @@ class SQLiteSessionStore:
             return None
         return SessionInfo(row[0], row[1], row[2], row[3], json.loads(row[4]))
 
-    def append(self, session_id: str, turns: Sequence[Turn]) -> list[Turn]:
-        """Append ``turns`` in one transaction; returns them with indices set."""
+    def append(
+        self,
+        session_id: str,
+        turns: Sequence[Turn],
+        request_id: str | None = None,
+        outcome: str = "",
+    ) -> list[Turn]:
+        """Append ``turns`` in one transaction, with ``request_id`` (and ``outcome``) if given;
+        returns them with indices set.
+
+        Raises:
+            SessionNotFound: no such session.
+            DuplicateRequest: ``request_id`` already names turns of this session.
+        """
         with self._lock:
             try:
                 self._db.execute("BEGIN IMMEDIATE")
@@ -122,6 +152,14 @@ class SQLiteSessionStore:
                     "SELECT 1 FROM sessions WHERE id = ?", (session_id,)
                 ).fetchone():
                     raise SessionNotFound(f"session {session_id} not found")
+                if (
+                    request_id is not None
+                    and self._db.execute(
+                        "SELECT 1 FROM requests WHERE session_id = ? AND request_id = ?",
+                        (session_id, request_id),
+                    ).fetchone()
+                ):
+                    raise DuplicateRequest("the session already holds turns under this request id")
                 (start,) = self._db.execute(
                     "SELECT COALESCE(MAX(idx) + 1, 0) FROM turns WHERE session_id = ?",
                     (session_id,),
@@ -149,12 +187,33 @@ class SQLiteSessionStore:
                         for t in added
                     ],
                 )
+                if request_id is not None:
+                    self._db.execute(
+                        "INSERT INTO requests (session_id, request_id, first_idx, n_turns, outcome)"
+                        " VALUES (?,?,?,?,?)",
+                        (session_id, request_id, start, len(added), outcome),
+                    )
                 self._db.execute("COMMIT")
             except BaseException:
                 if self._db.in_transaction:
                     self._db.execute("ROLLBACK")
                 raise
         return added
+
+    def find_request(self, session_id: str, request_id: str) -> StoredRequest | None:
+        """The turns stored under ``request_id``, or ``None`` (one statement: one snapshot)."""
+        cols = ", ".join(f"t.{c}" for c in _TURN_COLUMNS.split(", "))
+        with self._lock:
+            rows = self._db.execute(
+                f"SELECT r.outcome, {cols} FROM requests r JOIN turns t"
+                " ON t.session_id = r.session_id"
+                " AND t.idx >= r.first_idx AND t.idx < r.first_idx + r.n_turns"
+                " WHERE r.session_id = ? AND r.request_id = ? ORDER BY t.idx",
+                (session_id, request_id),
+            ).fetchall()
+        if not rows:
+            return None
+        return StoredRequest(request_id, tuple(_turn(r[1:]) for r in rows), rows[0][0])
 
     def history(self, session_id: str, offset: int = 0, limit: int | None = None) -> list[Turn]:
         """Turns in order from ``offset``, at most ``limit``."""
@@ -164,14 +223,11 @@ class SQLiteSessionStore:
             ).fetchone():
                 raise SessionNotFound(f"session {session_id} not found")
             rows = self._db.execute(
-                "SELECT role, text, ts, category, action, scores, idx FROM turns"
+                f"SELECT {_TURN_COLUMNS} FROM turns"
                 " WHERE session_id = ? ORDER BY idx LIMIT ? OFFSET ?",
                 (session_id, -1 if limit is None else limit, offset),
             ).fetchall()
-        return [
-            Turn(Role(r[0]), r[1], r[2], Category(r[3]), Action(r[4]), json.loads(r[5]), r[6])
-            for r in rows
-        ]
+        return [_turn(r) for r in rows]
 
     def delete(self, session_id: str) -> bool:
         """Erase the session and its turns, from the database file and its WAL; False if
@@ -193,3 +249,8 @@ class SQLiteSessionStore:
         """Close the connection."""
         with self._lock:
             self._db.close()
+
+
+def _turn(r: Sequence[Any]) -> Turn:
+    """A turn from a row of :data:`_TURN_COLUMNS`."""
+    return Turn(Role(r[0]), r[1], r[2], Category(r[3]), Action(r[4]), json.loads(r[5]), r[6])
