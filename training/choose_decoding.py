@@ -123,9 +123,7 @@ def main() -> None:
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "decoding.json").write_text(
-        json.dumps(
-            {"prompts": len(prompts), "candidates": results, "choice": choice}, indent=2
-        )
+        json.dumps({"prompts": len(prompts), "candidates": results, "choice": choice}, indent=2)
         + "\n"
     )
     print(json.dumps({"choice": choice}))

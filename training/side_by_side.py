@@ -59,9 +59,7 @@ def score(folder: Path, seed: int) -> dict:
     ratings = [json.loads(line) for line in lines if line.strip()]
     if {r["id"] for r in ratings} != set(key):
         sys.exit("ratings.jsonl does not rate every item exactly once")
-    winners = [
-        "tie" if r["preferred"] == "tie" else key[r["id"]][r["preferred"]] for r in ratings
-    ]
+    winners = ["tie" if r["preferred"] == "tie" else key[r["id"]][r["preferred"]] for r in ratings]
     models = sorted({m for pair in key.values() for m in pair.values()})
     rng = random.Random(seed)
     result: dict = {"items": len(ratings), "ties": winners.count("tie")}
