@@ -155,6 +155,8 @@ def test_evaluate_compares_base_and_tuned(data: Path, trained: Path, tmp_path: P
         "training/evaluate.py",
         "--adapter",
         str(trained / "adapter"),
+        "--previous_adapter",
+        str(trained / "adapter"),
         "--data_dir",
         str(data),
         "--prompts_file",
@@ -169,14 +171,20 @@ def test_evaluate_compares_base_and_tuned(data: Path, trained: Path, tmp_path: P
         "2",
     )
     metrics = json.loads((tmp_path / "metrics.json").read_text())
-    for name in ("base", "tuned"):
+    for name in ("base", "previous", "tuned"):
         m = metrics[name]
         assert m["replies"] == 3 and m["perplexity"] > 1
         assert 0 <= m["ended_on_own"] <= 1 and 0 <= m["guard_flagged"] <= 1
-    assert metrics["prompts"] == {"fixed": 2, "distinct_test_conversations": 1}
+        assert 0 <= m["reflection_or_open_question"] <= 1 and 0 <= m["directive"] <= 1
+    # the same adapter twice, seeded: the same replies
+    assert metrics["previous"]["words_median"] == metrics["tuned"]["words_median"]
+    assert metrics["prompts"] == {"fixed": 2, "heldout_conversations": 1}
     assert "[evaluate] base: perplexity" in proc.stderr and "tuned: generating" in proc.stderr
     report = (tmp_path / "report.md").read_text()
-    assert "| metric | base | tuned | target |" in report and "**User:**" in report
+    assert "| metric | base | previous | tuned | target (tuned) |" in report
+    assert "**User:**" in report
+    rows = [json.loads(line) for line in (tmp_path / "replies.jsonl").open()]
+    assert len(rows) == 3 and {"base", "previous", "tuned", "conversation"} <= set(rows[0])
 
 
 def test_ddp_two_processes_on_cpu_agree(data: Path, tmp_path: Path):
