@@ -57,8 +57,8 @@ test-fast: setup redis
 	$(PY) -m pytest -m "not slow"
 
 lint: setup
-	$(VENV)/bin/ruff check src tests training safety
-	$(VENV)/bin/ruff format --check src tests training safety
+	$(VENV)/bin/ruff check src tests training safety deploy
+	$(VENV)/bin/ruff format --check src tests training safety deploy
 
 typecheck: setup
 	$(VENV)/bin/mypy src
