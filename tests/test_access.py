@@ -75,6 +75,8 @@ def test_keyed_buckets_are_bounded_and_forget_full_ones():
         ("ipv6:[2001:db8:1:2:3:4:5:6]:5150", "2001:db8:1:2::/64"),
         ("ipv6:%5B2001:db8:1:2::9%5D:5150", "2001:db8:1:2::/64"),
         ("ipv6:[::1]:40000", "::/64"),
+        ("ipv6:[::ffff:203.0.113.7]:5150", "203.0.113.7"),  # IPv4 on a dual-stack socket
+        ("ipv6:[::ffff:198.51.100.9]:5150", "198.51.100.9"),
         ("unix:/run/companion.sock", "unix"),
     ],
 )

@@ -479,9 +479,7 @@ def test_shipped_deployments_start_on_every_interface():
     image, compose and the pods must still start, TLS ending in front (deploy/README.md)."""
     host = _entrypoint_host()
     assert not is_loopback(host)
-    image = {
-        k: v for k, v in _dockerfile_env(_stages()[-1]).items() if k.startswith("COMPANION_")
-    }
+    image = {k: v for k, v in _dockerfile_env(_stages()[-1]).items() if k.startswith("COMPANION_")}
     compose_env = {
         k: _interpolate(str(v))
         for k, v in _compose()["services"]["companion"]["environment"].items()

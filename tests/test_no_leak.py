@@ -21,6 +21,7 @@ import grpc
 import pytest
 import structlog
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from companion import Companion, CompanionError, ResourceExhausted
 from companion._logging import configure_logging
@@ -129,6 +130,9 @@ def test_marker_reaches_no_log_metric_or_error(restore_logging, capfd):
         events = list(cl.stream(sid, f"again {MARKER}", request_id=MARKER + "s"))
         turns = cl.history(sid)
         health.Check(health_pb2.HealthCheckRequest(service=""), timeout=5)
+        gone = cl.create_session(metadata={"note": MARKER})
+        cl.send(gone, f"erase this {MARKER}")
+        cl.delete_session(gone)
 
         # Calls that fail, for every reason a client can make them fail.
         bad_sid = MARKER * 2
@@ -152,6 +156,16 @@ def test_marker_reaches_no_log_metric_or_error(restore_logging, capfd):
         seen.raw(lambda: stub.GetHistory(page, metadata=auth, timeout=5))
         service = health_pb2.HealthCheckRequest(service=MARKER)
         assert seen.raw(lambda: health.Check(service, timeout=5)) is grpc.StatusCode.NOT_FOUND
+        # Reflection answers an unknown name in its response (which repeats the request, by
+        # the protocol); its error message must not repeat the name.
+        reflect = reflection_pb2_grpc.ServerReflectionStub(ch)
+        lookups = [
+            reflection_pb2.ServerReflectionRequest(file_containing_symbol=MARKER),
+            reflection_pb2.ServerReflectionRequest(file_by_filename=MARKER),
+        ]
+        for answer in reflect.ServerReflectionInfo(iter(lookups), timeout=5):
+            assert answer.HasField("error_response")
+            seen.texts.append(answer.error_response.error_message)
         undecodable = _str_field(1, MARKER.encode() + b"\xff\xfe")
         send = ch.unary_unary("/companion.v1.CompanionService/SendMessage")
         seen.raw(lambda: send(undecodable, metadata=auth, timeout=5))

@@ -129,17 +129,20 @@ class KeyedBuckets:
 def peer_address(peer: str) -> str:
     """The address a client is limited by, from grpc's ``context.peer()``:
     ``ipv4:203.0.113.7:5150`` -> ``203.0.113.7``; ``ipv6:[2001:db8::1]:5150`` ->
-    ``2001:db8::/64``; anything else (``unix:...``) as it is, without a port."""
+    ``2001:db8::/64``; ``ipv6:[::ffff:203.0.113.7]:5150`` (IPv4 on a dual-stack socket) ->
+    ``203.0.113.7``; anything else (``unix:...``) by its kind."""
     kind, _, rest = urllib.parse.unquote(peer).partition(":")
     if kind == "ipv4":
         return rest.rsplit(":", 1)[0]
     if kind == "ipv6":
-        host = rest.rsplit(":", 1)[0] if rest.startswith("[") else rest
+        host = (rest.rsplit(":", 1)[0] if rest.startswith("[") else rest).strip("[]")
         try:
-            network = ipaddress.IPv6Network(f"{host.strip('[]')}/64", strict=False)
+            ip = ipaddress.IPv6Address(host.split("%", 1)[0])
         except ValueError:
             return host
-        return str(network)
+        if ip.ipv4_mapped is not None:  # an IPv4 client of a dual-stack socket ("[::]")
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.IPv6Network(f"{ip}/64", strict=False))
     return kind if rest else peer
 
 
