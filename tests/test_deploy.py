@@ -26,6 +26,7 @@ import yaml
 
 import companion.config
 from companion.server import ServerSettings
+from companion.server._transport import exposure_problem, is_loopback, missing_protection
 from companion.testing import run_test_server, test_settings
 
 from .fakes import FakeGenerator, FakeGuard
@@ -466,6 +467,37 @@ def test_dockerfile_env_names_are_settings_and_values_validate():
         env = _dockerfile_env(stage)
         _check_env_names(set(env), f"Dockerfile stage {n}")
         ServerSettings.from_env({k: v for k, v in env.items() if k.startswith("COMPANION_")})
+
+
+def _entrypoint_host() -> str:
+    entry = yaml.safe_load(dict(_stages()[-1])["ENTRYPOINT"])
+    return str(entry[entry.index("--host") + 1])
+
+
+def test_shipped_deployments_start_on_every_interface():
+    """companion refuses a non-loopback host without TLS and API keys unless insecure: the
+    image, compose and the pods must still start, TLS ending in front (deploy/README.md)."""
+    host = _entrypoint_host()
+    assert not is_loopback(host)
+    image = {k: v for k, v in _dockerfile_env(_stages()[-1]).items() if k.startswith("COMPANION_")}
+    compose_env = {
+        k: _interpolate(str(v))
+        for k, v in _compose()["services"]["companion"]["environment"].items()
+    }
+    for where, env in [
+        ("image", image),
+        ("compose", {**image, **compose_env}),
+        ("Kubernetes", {**image, **_companion_env()}),
+    ]:
+        settings = ServerSettings.from_env(env).replace(host=host)
+        assert exposure_problem(settings) is None, where
+        assert settings.insecure and settings.tls == "off", where  # the choice documented
+        # Prometheus (or a published port) reaches /metrics only off loopback.
+        assert settings.metrics_host == "0.0.0.0", where
+    pod = ServerSettings.from_env({**image, **_companion_env()})
+    assert missing_protection(pod.replace(host=host)) == ["TLS"]  # keys stay required
+    readme = (DEPLOY / "README.md").read_text("utf-8")
+    assert "COMPANION_INSECURE" in readme and "COMPANION_TLS_CERT_FILE" in readme
 
 
 def test_dockerignore_lets_through_what_the_dockerfile_copies():

@@ -18,6 +18,7 @@ from .errors import (
     PermissionDenied,
     ResourceExhausted,
     SessionNotFound,
+    Unauthenticated,
     Unavailable,
 )
 from .pipeline import Pipeline, StreamEvent, TextDelta, TurnDone, Withheld
@@ -68,6 +69,7 @@ __all__ = [
     "TextDelta",
     "Turn",
     "TurnDone",
+    "Unauthenticated",
     "Unavailable",
     "Verdict",
     "Withheld",

@@ -115,7 +115,19 @@ def _cmd_chat_remote(args: argparse.Namespace) -> int:
     from .errors import CompanionError
 
     api_key = args.api_key or os.environ.get("COMPANION_API_KEY") or None
-    with CompanionClient(args.server, api_key=api_key) as client:
+    try:
+        client = CompanionClient(
+            args.server,
+            api_key=api_key,
+            tls=args.tls,
+            root_ca=args.tls_ca,
+            client_cert=args.tls_cert,
+            client_key=args.tls_key,
+        )
+    except (OSError, ValueError) as exc:
+        print(f"companion chat: {exc}", file=sys.stderr)
+        return 2
+    with client:
         try:
             client.wait_ready(timeout=args.wait)
             sid = client.create_session(locale=args.locale)
@@ -173,14 +185,26 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     from ._logging import configure_logging
     from .errors import ModelLoadError
     from .server import CompanionServer, ServerSettings, serve
+    from .server._transport import exposure_problem
 
     try:
         settings = ServerSettings.from_file(args.config) if args.config else ServerSettings()
         settings = ServerSettings.from_env(base=settings).replace(
-            host=args.host, port=args.port, metrics_port=args.metrics_port
+            host=args.host,
+            port=args.port,
+            metrics_port=args.metrics_port,
+            metrics_host=args.metrics_host,
+            tls_cert_file=args.tls_cert,
+            tls_key_file=args.tls_key,
+            tls_client_ca_file=args.tls_client_ca,
+            insecure=args.insecure,
         )
     except (OSError, ValueError) as exc:
         print(f"companion serve: {exc}", file=sys.stderr)
+        return 2
+    problem = exposure_problem(settings)
+    if problem is not None:
+        print(f"companion serve: {problem}", file=sys.stderr)
         return 2
     try:
         configure_logging(args.log_level or settings.log_level)
@@ -188,16 +212,26 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         print(f"companion serve: {exc}", file=sys.stderr)
         return 2
     me = sys.argv[0] if os.path.basename(sys.argv[0]) == "companion" else "companion"
+    transport = {"off": "plaintext", "tls": "TLS", "mtls": "mutual TLS"}[settings.tls]
+    # How a client reaches it: plaintext, or TLS with the CA that signed the server's cert.
+    chat_tls = grpcurl_tls = client_tls = ""
+    if settings.tls != "off":
+        chat_tls, grpcurl_tls = " --tls-ca CA.pem", "-cacert CA.pem"
+        client_tls = ', root_ca="CA.pem"'
+        if settings.tls == "mtls":
+            chat_tls += " --tls-cert CLIENT.pem --tls-key CLIENT.key"
+            grpcurl_tls += " -cert CLIENT.pem -key CLIENT.key"
+            client_tls += ', client_cert="CLIENT.pem", client_key="CLIENT.key"'
 
     def listening(server: CompanionServer) -> None:
         metrics = (
-            f"; metrics at http://{settings.host}:{server.metrics_port}/metrics"
+            f"; metrics at http://{settings.metrics_host}:{server.metrics_port}/metrics"
             if server.metrics_port is not None
             else ""
         )
         auth = "API keys required" if settings.api_keys else "no authentication"
         print(
-            f"companion: gRPC on {server.address} (plaintext, {auth}){metrics}\n"
+            f"companion: gRPC on {server.address} ({transport}, {auth}){metrics}\n"
             "Loading models (the first run converts the embedded model, about a minute); "
             "health is NOT_SERVING until they are ready...",
             file=sys.stderr,
@@ -209,11 +243,11 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         target = f"{host}:{server.port}"
         print(
             f"Ready (health SERVING). Talk to it:\n"
-            f"  {me} chat --server {target}\n"
-            f'  grpcurl -plaintext -d \'{{"locale": "en-US"}}\' {target} '
+            f"  {me} chat --server {target}{chat_tls}\n"
+            f'  grpcurl {grpcurl_tls or "-plaintext"} -d \'{{"locale": "en-US"}}\' {target} '
             "companion.v1.CompanionService/CreateSession\n"
             f"  python -c 'from companion.client import CompanionClient; "
-            f'cl = CompanionClient("{target}"); '
+            f'cl = CompanionClient("{target}"{client_tls}); '
             f'print(cl.send(cl.create_session(), "hello").text)\'\n'
             f"Ctrl-C stops it (in-flight turns get {settings.grace_seconds:g} s to finish).",
             file=sys.stderr,
@@ -225,7 +259,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     except ModelLoadError as exc:
         print(f"companion serve: {exc}", file=sys.stderr)
         return 1
-    except OSError as exc:  # a port is taken; the message names which
+    except (OSError, ValueError) as exc:  # a port is taken, a TLS file unreadable: named
         print(f"companion serve: {exc}", file=sys.stderr)
         return 1
     return 0
@@ -267,6 +301,14 @@ def build_parser() -> argparse.ArgumentParser:
     chat.add_argument(
         "--wait", type=float, default=300.0, help="with --server: seconds to wait for SERVING"
     )
+    chat.add_argument(
+        "--tls", action="store_true", help="with --server: TLS with the system's CA certificates"
+    )
+    chat.add_argument("--tls-ca", default=None, help="with --server: TLS, the server's CA (PEM)")
+    chat.add_argument(
+        "--tls-cert", default=None, help="with --server: client certificate for mutual TLS (PEM)"
+    )
+    chat.add_argument("--tls-key", default=None, help="with --server: its private key (PEM)")
     chat.set_defaults(func=_cmd_chat)
 
     srv = sub.add_parser(
@@ -277,6 +319,23 @@ def build_parser() -> argparse.ArgumentParser:
     srv.add_argument("--port", type=int, default=None, help="gRPC port (default: 50051)")
     srv.add_argument(
         "--metrics-port", type=int, default=None, help="Prometheus port (default: 9464)"
+    )
+    srv.add_argument(
+        "--metrics-host", default=None, help="Prometheus interface (default: 127.0.0.1)"
+    )
+    srv.add_argument("--tls-cert", default=None, help="TLS: the server's certificate chain (PEM)")
+    srv.add_argument("--tls-key", default=None, help="TLS: the server's private key (PEM)")
+    srv.add_argument(
+        "--tls-client-ca",
+        default=None,
+        help="mutual TLS: require client certificates signed by this CA (PEM)",
+    )
+    srv.add_argument(
+        "--insecure",
+        action="store_const",
+        const=True,
+        default=None,
+        help="allow a non-loopback --host without TLS or API keys (TLS ends in front)",
     )
     srv.add_argument("--config", default=None, help="TOML or YAML settings file")
     srv.add_argument(

@@ -18,6 +18,7 @@ __all__ = [
     "PermissionDenied",
     "ResourceExhausted",
     "SessionNotFound",
+    "Unauthenticated",
     "Unavailable",
 ]
 
@@ -39,6 +40,14 @@ class SessionNotFound(CompanionError, KeyError):
 
 class PermissionDenied(CompanionError):
     """The caller is authenticated but may not do this."""
+
+
+class Unauthenticated(PermissionDenied):
+    """The service requires an API key and the call carried none, or a wrong one.
+
+    A subclass of :class:`PermissionDenied`, which the Python clients raised for
+    UNAUTHENTICATED before this class existed, so ``except PermissionDenied`` still catches it.
+    """
 
 
 class FailedPrecondition(CompanionError):

@@ -105,6 +105,9 @@ def run_test_server(
         wait_ready: Wait for health SERVING before yielding.
         ready_timeout: Seconds to wait for the models (the very first load converts the
             embedded model, about a minute).
+
+    With TLS settings, ``server.client`` still speaks plaintext (it has no CA to trust): make
+    a TLS one with ``server.new_client(root_ca=..., client_cert=..., client_key=...)``.
     """
     settings = settings or test_settings()
     loop = asyncio.new_event_loop()

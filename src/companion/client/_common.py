@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 import uuid
 from collections.abc import Mapping
@@ -19,13 +20,16 @@ from ..errors import (
     PermissionDenied,
     ResourceExhausted,
     SessionNotFound,
+    Unauthenticated,
     Unavailable,
 )
 from ..pipeline import TextDelta, TurnDone, Withheld
 
 __all__ = [
     "ClientEvent",
+    "Pem",
     "Retry",
+    "channel_credentials",
     "error_from_rpc",
     "event_from_pb",
     "metadata_for",
@@ -48,7 +52,7 @@ _ERRORS: Mapping[grpc.StatusCode, type[CompanionError]] = {
     grpc.StatusCode.NOT_FOUND: SessionNotFound,
     grpc.StatusCode.FAILED_PRECONDITION: FailedPrecondition,
     grpc.StatusCode.PERMISSION_DENIED: PermissionDenied,
-    grpc.StatusCode.UNAUTHENTICATED: PermissionDenied,
+    grpc.StatusCode.UNAUTHENTICATED: Unauthenticated,
     grpc.StatusCode.RESOURCE_EXHAUSTED: ResourceExhausted,
     grpc.StatusCode.UNAVAILABLE: Unavailable,
     grpc.StatusCode.DEADLINE_EXCEEDED: DeadlineExceeded,
@@ -101,6 +105,54 @@ class Retry:
         if not isinstance(error, Unavailable) or attempt >= self.retries:
             return None
         return min(self.backoff * float(2**attempt), _MAX_BACKOFF) * random.uniform(0.5, 1.0)
+
+
+Pem = str | os.PathLike[str] | bytes
+"""A PEM file's path, or its contents as bytes."""
+
+
+def channel_credentials(
+    credentials: grpc.ChannelCredentials | None = None,
+    *,
+    tls: bool = False,
+    root_ca: Pem | None = None,
+    client_cert: Pem | None = None,
+    client_key: Pem | None = None,
+) -> grpc.ChannelCredentials | None:
+    """The channel's TLS credentials, or ``None`` for plaintext.
+
+    Args:
+        credentials: Ready-made credentials; then none of the other options may be given.
+        tls: TLS with the system's root certificates (implied by any option below).
+        root_ca: The CA certificate(s) that signed the server's certificate (PEM).
+        client_cert: This client's certificate chain, for a server that requires mutual TLS.
+        client_key: Its private key (PEM); given with ``client_cert``, never alone.
+
+    Raises:
+        ValueError: ``credentials`` with another option, or a certificate without its key.
+        OSError: a PEM file cannot be read.
+    """
+    given = tls or any(v is not None for v in (root_ca, client_cert, client_key))
+    if credentials is not None:
+        if given:
+            raise ValueError("give credentials= or the TLS options (tls, root_ca...), not both")
+        return credentials
+    if (client_cert is None) != (client_key is None):
+        raise ValueError("client_cert and client_key go together: give both or neither")
+    if not given:
+        return None
+    return grpc.ssl_channel_credentials(
+        root_certificates=_pem(root_ca),
+        private_key=_pem(client_key),
+        certificate_chain=_pem(client_cert),
+    )
+
+
+def _pem(value: Pem | None) -> bytes | None:
+    if value is None or isinstance(value, bytes):
+        return value
+    with open(value, "rb") as f:
+        return f.read()
 
 
 def metadata_for(api_key: str | None) -> tuple[tuple[str, str], ...]:

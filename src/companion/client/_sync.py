@@ -19,7 +19,9 @@ from ._common import (
     DEFAULT_RETRIES,
     DEFAULT_TIMEOUT,
     ClientEvent,
+    Pem,
     Retry,
+    channel_credentials,
     error_from_rpc,
     event_from_pb,
     metadata_for,
@@ -45,7 +47,14 @@ class CompanionClient:
         target: ``host:port`` of the server.
         api_key: Sent as ``authorization: Bearer <key>`` when the server requires keys.
         timeout: Default deadline per call in seconds (``None``: none); each attempt gets it.
-        credentials: TLS channel credentials; plaintext when ``None``.
+        credentials: Ready-made TLS channel credentials (or use the options below); plaintext
+            when neither is given.
+        tls: TLS with the system's root certificates (implied by ``root_ca``/``client_cert``).
+        root_ca: The CA certificate that signed the server's certificate: a PEM file's path
+            or its bytes.
+        client_cert: This client's certificate (path or bytes), for a server that requires
+            mutual TLS; with ``client_key``.
+        client_key: Its private key (path or bytes).
         options: Extra gRPC channel options.
         retries: How many times a call that got UNAVAILABLE is sent again (0: never).
         backoff: Seconds before the first retry; doubled for each next one (at most 8 s).
@@ -64,6 +73,10 @@ class CompanionClient:
         *,
         timeout: float | None = DEFAULT_TIMEOUT,
         credentials: grpc.ChannelCredentials | None = None,
+        tls: bool = False,
+        root_ca: Pem | None = None,
+        client_cert: Pem | None = None,
+        client_key: Pem | None = None,
         options: Sequence[tuple[str, Any]] = (),
         retries: int = DEFAULT_RETRIES,
         backoff: float = DEFAULT_BACKOFF,
@@ -71,6 +84,9 @@ class CompanionClient:
         self.target = target
         self.timeout = timeout
         self.retry = Retry(retries, backoff)
+        credentials = channel_credentials(
+            credentials, tls=tls, root_ca=root_ca, client_cert=client_cert, client_key=client_key
+        )
         self._channel = (
             grpc.secure_channel(target, credentials, options)
             if credentials is not None

@@ -28,6 +28,7 @@ __all__ = [
     "UNDECODABLE_MESSAGE",
     "Undecodable",
     "guard_foreign",
+    "keyed_hash",
     "request_id_fields",
     "safe_deserializer",
     "session_id_fields",
@@ -78,16 +79,16 @@ def session_id_fields(session_id: str) -> dict[str, str]:
         return {}
     if is_valid_session_id(session_id):
         return {"session_id": session_id}
-    return {"session_id_hmac": _keyed_hash(session_id)}
+    return {"session_id_hmac": keyed_hash(session_id)}
 
 
 def request_id_fields(request_id: str) -> dict[str, str]:
     """Log fields for a client's request id: ``request_id_hmac`` only (the id is the client's
     own string, so never logged raw), enough to tell a retry from a new request."""
-    return {"request_id_hmac": _keyed_hash(request_id)} if request_id else {}
+    return {"request_id_hmac": keyed_hash(request_id)} if request_id else {}
 
 
-def _keyed_hash(value: str) -> str:
+def keyed_hash(value: str) -> str:
     """HMAC-SHA256 of ``value`` under the per-process key, 12 hex characters."""
     digest = hmac.new(_LOG_KEY, value.encode("utf-8", "replace"), hashlib.sha256)
     return digest.hexdigest()[:12]

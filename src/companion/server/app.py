@@ -25,7 +25,9 @@ from .._proto.companion.v1 import companion_pb2_grpc as pb_grpc
 from ..config import GenerationConfig
 from ..protocols import SessionStore
 from ..sessions import RedisSessionStore
+from ._access import AccessControl
 from ._admission import GenerationQueue
+from ._transport import exposure_problem, is_loopback, missing_protection, server_credentials
 from .interceptors import ServiceInterceptor
 from .metrics import Metrics
 from .servicer import CompanionServicer
@@ -85,10 +87,14 @@ def warm_up(companion: Companion) -> None:
         pass
 
 
-def _bind(server: aio.Server, address: str) -> int:
+def _bind(server: aio.Server, address: str, credentials: Any = None) -> int:
     failed = f"cannot listen for gRPC on {address}: address in use or unavailable"
     try:
-        port = server.add_insecure_port(address)
+        port = (
+            server.add_secure_port(address, credentials)
+            if credentials is not None
+            else server.add_insecure_port(address)
+        )
     except RuntimeError as exc:  # grpc's "Failed to bind to address ..."
         raise OSError(failed) from exc
     if port == 0:
@@ -141,14 +147,32 @@ class CompanionServer:
         """Bind, start serving (health NOT_SERVING) and begin loading the models.
 
         Raises:
-            OSError: the gRPC or the metrics address cannot be bound (the message names it);
-                nothing is left running.
+            ValueError: a non-loopback host without TLS or API keys, and not ``insecure``
+                (the message says what to add); or a TLS file that is not PEM.
+            OSError: the gRPC or the metrics address cannot be bound, or a TLS file cannot be
+                read (the message names it); nothing is left running.
         """
         s = self.settings
+        problem = exposure_problem(s)
+        if problem is not None:
+            raise ValueError(problem)
+        credentials = server_credentials(s)
+        access = AccessControl(
+            self.metrics,
+            s.api_keys,
+            key_rate=s.key_rate_limit,
+            key_burst=s.key_rate_burst,
+            failure_rate=s.auth_failure_rate,
+            failure_burst=s.auth_failure_burst,
+        )
         # No maximum_concurrent_rpcs here: grpc's limit refuses health and reflection too, and
         # says nothing of what it refuses. The interceptor limits the companion service alone.
         server = aio.server(
-            interceptors=[ServiceInterceptor(self.metrics, s.api_keys, s.max_concurrent_rpcs)],
+            interceptors=[
+                ServiceInterceptor(
+                    self.metrics, max_concurrent_rpcs=s.max_concurrent_rpcs, access=access
+                )
+            ],
             options=[
                 ("grpc.max_receive_message_length", MAX_RECEIVE_BYTES),
                 ("grpc.so_reuseport", 0),
@@ -162,13 +186,13 @@ class CompanionServer:
         for name in ("", SERVICE_NAME):
             await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
         try:
-            self.port = _bind(server, s.address)
+            self.port = _bind(server, s.address, credentials)
             await server.start()
             if s.metrics_port is not None:
                 try:
-                    self.metrics_port = self.metrics.serve_http(s.host, s.metrics_port)
+                    self.metrics_port = self.metrics.serve_http(s.metrics_host, s.metrics_port)
                 except OSError as exc:
-                    where = f"{s.host}:{s.metrics_port}"
+                    where = f"{s.metrics_host}:{s.metrics_port}"
                     reason = exc.strerror or type(exc).__name__
                     raise OSError(f"cannot serve metrics on {where}: {reason}") from exc
         except BaseException:
@@ -180,8 +204,19 @@ class CompanionServer:
             "server_started",
             address=self.address,
             metrics_port=self.metrics_port,
+            metrics_host=s.metrics_host,
             auth=bool(s.api_keys),
+            tls=s.tls,
+            key_rate_limit=s.key_rate_limit,
+            auth_failure_rate=s.auth_failure_rate,
         )
+        if not is_loopback(s.host) and missing_protection(s):
+            log.warning(
+                "insecure_listen",
+                address=self.address,
+                missing=missing_protection(s),
+                reason="insecure is set: TLS or keys are expected in front of the server",
+            )
         self._loading = asyncio.create_task(self._load())
 
     async def _load(self) -> None:

@@ -3,9 +3,9 @@
 It wraps every ``companion.v1.CompanionService`` method (health and reflection get only the
 undecodable-request check below):
 
-- API keys (optional): ``authorization: Bearer <key>`` metadata is compared in constant time
-  with every configured key; the caller's owner id (a hash of the key, never the key) is put
-  in a context variable for the servicer (:func:`caller_owner`).
+- API keys (optional), per-key rate limits and the brake on failed authentications
+  (:mod:`._access`): the caller's owner id (a hash of the key, never the key) is put in a
+  context variable for the servicer (:func:`caller_owner`).
 - Errors: each :class:`~companion.errors.CompanionError` becomes one status code
   (:data:`STATUS_CODES`); anything else is INTERNAL with a generic message, never UNKNOWN.
 - Undecodable requests (corrupt protobuf, invalid UTF-8) get INVALID_ARGUMENT, on every
@@ -25,8 +25,6 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-import hashlib
-import hmac
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
@@ -46,8 +44,10 @@ from ..errors import (
     PermissionDenied,
     ResourceExhausted,
     SessionNotFound,
+    Unauthenticated,
     Unavailable,
 )
+from ._access import AccessControl, owner_of_key
 from ._boundary import (
     UNDECODABLE_MESSAGE,
     Undecodable,
@@ -80,6 +80,7 @@ STATUS_CODES: dict[type[CompanionError], grpc.StatusCode] = {
     SessionNotFound: grpc.StatusCode.NOT_FOUND,
     FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
     PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
+    Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
     ResourceExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
     Unavailable: grpc.StatusCode.UNAVAILABLE,
     ModelLoadError: grpc.StatusCode.UNAVAILABLE,
@@ -105,11 +106,6 @@ def call_fields() -> dict[str, Any] | None:
     """The fields of the current call's ``rpc`` log line, for the servicer to add to (never
     text); ``None`` outside a call."""
     return _fields.get()
-
-
-def owner_of_key(key: str) -> str:
-    """The owner id stored with sessions created by ``key``: a hash, so the key is never stored."""
-    return "key:" + hashlib.sha256(key.encode()).hexdigest()[:32]
 
 
 def status_for(exc: CompanionError) -> grpc.StatusCode:
@@ -191,6 +187,8 @@ class ServiceInterceptor(aio.ServerInterceptor):  # type: ignore[misc]  # grpc i
         api_keys: Accepted bearer keys; empty disables authentication.
         max_concurrent_rpcs: Calls of the service handled at once; more get
             RESOURCE_EXHAUSTED (``None``: no limit). Health and reflection do not count.
+        access: Keys with rate limits and the failed-authentication brake; by default
+            ``api_keys`` without limits.
     """
 
     def __init__(
@@ -198,9 +196,11 @@ class ServiceInterceptor(aio.ServerInterceptor):  # type: ignore[misc]  # grpc i
         metrics: Metrics,
         api_keys: Sequence[str] = (),
         max_concurrent_rpcs: int | None = None,
+        *,
+        access: AccessControl | None = None,
     ) -> None:
         self.metrics = metrics
-        self._keys = [k.encode() for k in api_keys]
+        self._access = access or AccessControl(metrics, api_keys)
         self._limit = max_concurrent_rpcs
         self._active = 0  # calls of the service being handled (all on the event loop)
 
@@ -232,23 +232,10 @@ class ServiceInterceptor(aio.ServerInterceptor):  # type: ignore[misc]  # grpc i
             )
         return handler  # pragma: no cover - the service has no client-streaming methods
 
-    def _authenticate(self, metadata: Any) -> str | None:
-        """The caller's owner id; raises _Unauthenticated when keys are on and none matches."""
-        if not self._keys:
-            return None
-        header = ""
-        for key, value in metadata or ():
-            if key == "authorization":
-                header = value if isinstance(value, str) else value.decode()
-        scheme, _, token = header.partition(" ")
-        presented = token.strip().encode() if scheme.lower() == "bearer" else b""
-        matched: bytes | None = None
-        for key in self._keys:  # compare with every key: timing does not reveal which matched
-            if hmac.compare_digest(presented, key):
-                matched = key
-        if matched is None:
-            raise _Unauthenticated
-        return owner_of_key(matched.decode())
+    def _authenticate(self, call: _Call, metadata: Any, context: Any) -> str | None:
+        """The caller's owner id; raises Unauthenticated or ResourceExhausted (see
+        :meth:`AccessControl.admit`)."""
+        return self._access.admit(metadata, context.peer(), call.method, call.fields)
 
     def _wrap_unary(
         self, method: str, metadata: Any, behavior: Callable[[Any, Any], Awaitable[Any]]
@@ -259,7 +246,7 @@ class ServiceInterceptor(aio.ServerInterceptor):  # type: ignore[misc]  # grpc i
             admitted = False
             try:
                 admitted = self._admit(call)
-                _owner.set(self._authenticate(metadata))
+                _owner.set(self._authenticate(call, metadata, context))
                 _check_decoded(request)
                 response = await behavior(request, context)
                 call.saw_response(response, self.metrics)
@@ -284,7 +271,7 @@ class ServiceInterceptor(aio.ServerInterceptor):  # type: ignore[misc]  # grpc i
             admitted = False
             try:
                 admitted = self._admit(call)
-                _owner.set(self._authenticate(metadata))
+                _owner.set(self._authenticate(call, metadata, context))
                 _check_decoded(request)
                 async for response in behavior(request, context):
                     call.saw_response(response, self.metrics)
@@ -330,9 +317,6 @@ class ServiceInterceptor(aio.ServerInterceptor):  # type: ignore[misc]  # grpc i
         if isinstance(exc, aio.AbortError):  # the servicer aborted itself
             call.code = context.code() or grpc.StatusCode.UNKNOWN
             raise exc
-        if isinstance(exc, _Unauthenticated):
-            call.code = grpc.StatusCode.UNAUTHENTICATED
-            await context.abort(call.code, "missing or invalid API key (authorization: Bearer)")
         if isinstance(exc, CompanionError):
             call.code = status_for(exc)
             call.fields["error"] = type(exc).__name__
@@ -343,10 +327,6 @@ class ServiceInterceptor(aio.ServerInterceptor):  # type: ignore[misc]  # grpc i
         call.code = grpc.StatusCode.INTERNAL
         call.fields["error"] = type(exc).__name__
         await context.abort(call.code, "internal error")
-
-
-class _Unauthenticated(Exception):
-    pass
 
 
 def _check_decoded(request: Any) -> None:

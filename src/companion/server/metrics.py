@@ -1,7 +1,7 @@
 """Prometheus metrics of the service, on their own registry and HTTP port.
 
 Labels are method names, status codes, categories, directions and actions: never text, never
-session ids (unbounded cardinality).
+session ids (unbounded cardinality), never API keys or client addresses.
 """
 
 from __future__ import annotations
@@ -56,8 +56,15 @@ class Metrics:
             "companion_rejected_rpcs",
             "Calls refused or dropped before they reached the model: reason queue_full (the"
             " generation queue was full), concurrency_limit (max_concurrent_rpcs), client_gone"
-            " or deadline_passed (while the turn waited in the queue).",
+            " or deadline_passed (while the turn waited in the queue), rate_limited (the API"
+            " key's key_rate_limit), auth_throttled (the client address failed to authenticate"
+            " too often: auth_failure_rate).",
             ["method", "reason"],
+            registry=self.registry,
+        )
+        self.auth_failures = Counter(
+            "companion_auth_failures",
+            "Calls refused for a missing or wrong API key (UNAUTHENTICATED).",
             registry=self.registry,
         )
         self.queue_length = Gauge(

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     EnvSettingsSource,
@@ -32,7 +32,9 @@ from ..sessions.redis import DEFAULT_REDIS_URL, DEFAULT_TTL_SECONDS
 __all__ = ["ServerSettings"]
 
 _ENV_PREFIX = "COMPANION_"
-_OPTIONAL_PATHS = ("db_path", "model", "adapter", "encoder", "device")
+_TLS_FILES = ("tls_cert_file", "tls_key_file", "tls_client_ca_file")
+_OPTIONAL_PATHS = ("db_path", "model", "adapter", "encoder", "device", *_TLS_FILES)
+_OFF = ("", "none", "off")
 
 
 class ServerSettings(BaseSettings):
@@ -40,7 +42,8 @@ class ServerSettings(BaseSettings):
 
     Each field is also read from ``COMPANION_<FIELD>`` (upper case) by :meth:`from_env`, e.g.
     ``COMPANION_PORT``; ``COMPANION_API_KEYS`` is a comma-separated list and
-    ``COMPANION_METRICS_PORT=off`` turns the metrics endpoint off. A bad value raises
+    ``COMPANION_METRICS_PORT=off`` turns the metrics endpoint off (``off`` also turns off
+    ``key_rate_limit`` and ``auth_failure_rate``). A bad value raises
     ``ValueError`` naming the field (and the variable or file it came from), never the value
     itself: values can be API keys.
 
@@ -64,10 +67,45 @@ class ServerSettings(BaseSettings):
         le=65535,
         description="Prometheus /metrics HTTP port; 0 picks one; None (or 'off'): off",
     )
+    metrics_host: str = Field(
+        default="127.0.0.1",
+        description="interface of the /metrics endpoint (loopback unless you set it)",
+    )
     api_keys: Annotated[tuple[str, ...], NoDecode] = Field(
         default=(),
         description="accepted bearer keys; empty disables authentication",
         repr=False,  # secrets
+    )
+    tls_cert_file: str | None = Field(
+        default=None, description="PEM certificate chain of the server; with tls_key_file: TLS"
+    )
+    tls_key_file: str | None = Field(default=None, description="PEM private key of the server")
+    tls_client_ca_file: str | None = Field(
+        default=None,
+        description="PEM CA certificate(s): clients must present a certificate it signed"
+        " (mutual TLS)",
+    )
+    insecure: bool = Field(
+        default=False,
+        description="allow a non-loopback host without TLS or without API keys (TLS ends in"
+        " front of the server: an ingress, load balancer or mesh)",
+    )
+    key_rate_limit: float | None = Field(
+        default=None,
+        gt=0,
+        description="calls per second each API key may make (token bucket); None: no limit",
+    )
+    key_rate_burst: int = Field(
+        default=20, ge=1, description="calls a key may make at once above key_rate_limit"
+    )
+    auth_failure_rate: float | None = Field(
+        default=1.0,
+        gt=0,
+        description="failed authentications per second allowed from one client address"
+        " (token bucket); past it, calls from that address get RESOURCE_EXHAUSTED; None: off",
+    )
+    auth_failure_burst: int = Field(
+        default=10, ge=1, description="failed authentications allowed at once per address"
     )
     session_store: Literal["sqlite", "memory", "redis"] = "sqlite"
     db_path: str | None = Field(default=None, description="SQLite file for sessions")
@@ -153,12 +191,20 @@ class ServerSettings(BaseSettings):
             raise ValueError("every key must be a string of at least 16 characters")
         return value
 
-    @field_validator("metrics_port", mode="before")
+    @field_validator("metrics_port", "key_rate_limit", "auth_failure_rate", mode="before")
     @classmethod
-    def _metrics_off(cls, value: Any) -> Any:
-        if isinstance(value, str) and value.strip().lower() in ("", "none", "off"):
+    def _off(cls, value: Any) -> Any:
+        if isinstance(value, str) and value.strip().lower() in _OFF:
             return None
         return value
+
+    @model_validator(mode="after")
+    def _tls_files_go_together(self) -> ServerSettings:
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("tls_cert_file and tls_key_file go together: give both or neither")
+        if self.tls_client_ca_file is not None and self.tls_cert_file is None:
+            raise ValueError("tls_client_ca_file (mutual TLS) needs tls_cert_file and tls_key_file")
+        return self
 
     @field_validator(*_OPTIONAL_PATHS, mode="before")
     @classmethod
@@ -194,6 +240,13 @@ class ServerSettings(BaseSettings):
     def address(self) -> str:
         """``host:port`` as given (the port may be 0)."""
         return f"{self.host}:{self.port}"
+
+    @property
+    def tls(self) -> Literal["off", "tls", "mtls"]:
+        """How the gRPC port is served: plaintext, TLS, or mutual TLS (client certificates)."""
+        if self.tls_cert_file is None:
+            return "off"
+        return "mtls" if self.tls_client_ca_file is not None else "tls"
 
     def pipeline_config(self) -> PipelineConfig:
         """The library configuration these settings imply."""
@@ -296,5 +349,8 @@ def _build(
             message = str(err["msg"]).removeprefix("Value error, ")
             if err["type"] == "extra_forbidden":
                 message = "unknown server setting"
+            if not name:  # a rule across fields (_tls_files_go_together): it names them
+                problems.append(message)
+                continue
             problems.append(f"{name}{f' ({where})' if where else ''}: {message}")
         raise ValueError("; ".join(problems)) from None
