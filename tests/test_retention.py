@@ -5,6 +5,8 @@ the model's window use, in every store."""
 
 from __future__ import annotations
 
+import asyncio
+import sqlite3
 import threading
 import time
 from pathlib import Path
@@ -31,7 +33,9 @@ from companion._proto.companion.v1 import companion_pb2 as pb
 from companion._proto.companion.v1 import companion_pb2_grpc as pb_grpc
 from companion.context import build_messages
 from companion.prompts import SYSTEM_PROMPT
+from companion.server._retention import PurgeTask
 from companion.server.app import make_store
+from companion.server.metrics import Metrics
 from companion.server.settings import ServerSettings
 from companion.sessions import (
     InMemorySessionStore,
@@ -388,3 +392,25 @@ def test_server_settings_set_retention_and_quotas_and_redis_follows_them(redis_s
     ):
         with pytest.raises(ValueError, match=name):
             ServerSettings.from_env({f"COMPANION_{name.upper()}": value})
+
+
+def test_a_failed_purge_is_logged_counted_and_tried_again(tmp_path):
+    path = tmp_path / "s.db"
+    store = SQLiteSessionStore(path, busy_timeout=0.1)
+    c = _companion(PipelineConfig(max_session_age_seconds=60), store=store)
+    store.create(SessionInfo(new_session_id(), "en-US", time.time() - 3600))
+    metrics = Metrics()
+    task = PurgeTask(c, 3600, metrics)
+    other = sqlite3.connect(path, isolation_level=None)
+    other.execute("BEGIN EXCLUSIVE")  # another process holds the write lock
+    with capture_logs() as logs:
+        assert asyncio.run(task.run_once()) == 0
+    other.execute("ROLLBACK")
+    other.close()
+    labels = {"component": "store", "reason": "locked"}
+    assert metrics.registry.get_sample_value("companion_faults_total", labels) == 1
+    (failed,) = [e for e in logs if e["event"] == "purge_failed"]
+    assert (failed["error"], failed["reason"]) == ("Unavailable", "locked")
+    assert asyncio.run(task.run_once()) == 1  # the next run erases it
+    assert metrics.registry.get_sample_value("companion_sessions_purged_total") == 1
+    c.close()
