@@ -85,22 +85,25 @@ def test_two_writers_get_200_gapless_indexes_with_pairs_adjacent(redis_server):
         s.close()
 
 
-def test_ttl_is_set_at_create_and_refreshed_on_every_turn_on_all_keys(redis_server, raw):
+def test_ttl_counts_from_creation_and_turns_expire_with_the_session(redis_server, raw):
+    # Retention is a maximum age from creation (session_max_age_seconds): a turn does not
+    # extend it, and the turns and request ids expire with the session's info.
     store = RedisSessionStore(redis_server.url, ttl_seconds=7 * DAY)
     sid = new_session_id()
     info_key, turns_key, requests_key = store.keys(sid)
     store.create(SessionInfo(sid, "en-US", time.time()))
     assert 7 * DAY - 5 <= raw.ttl(info_key) <= 7 * DAY
     store.append(sid, _pair("hello"), "req-1", "{}")
-    for key in (info_key, turns_key, requests_key):
-        raw.expire(key, 60)  # as if the session had been quiet for almost a week
-    store.history(sid)  # reading does not refresh
+    assert all(7 * DAY - 5 <= raw.ttl(k) <= 7 * DAY for k in (turns_key, requests_key))
+    raw.expire(info_key, 60)  # as if the session were almost a week old
+    store.history(sid)  # reading does not extend it
     store.find_request(sid, "req-1")
-    assert all(raw.ttl(k) <= 60 for k in (info_key, turns_key, requests_key))
-    store.append(sid, _pair("again"))  # a turn without a request id refreshes them all too
+    store.recent(sid, 2)
+    assert raw.ttl(info_key) <= 60
+    store.append(sid, _pair("again"))  # nor does a turn: the other keys follow the session's
     assert _keys_with(raw, sid) == sorted([info_key, turns_key, requests_key])
     for key in (info_key, turns_key, requests_key):
-        assert 7 * DAY - 5 <= raw.ttl(key) <= 7 * DAY, key
+        assert 0 < raw.ttl(key) <= 60, key
     store.close()
 
 
@@ -244,12 +247,13 @@ def test_settings_select_redis_from_the_environment(redis_server):
         {
             "COMPANION_SESSION_STORE": "redis",
             "COMPANION_REDIS_URL": redis_server.url,
-            "COMPANION_REDIS_TTL_SECONDS": "3600",
+            "COMPANION_SESSION_MAX_AGE_SECONDS": "3600",  # the Redis TTL follows the retention
             "COMPANION_REDIS_CONNECT_TIMEOUT": "0.25",
             "COMPANION_REDIS_TIMEOUT": "0.75",
         }
     )
-    assert (s.session_store, s.redis_url, s.redis_ttl_seconds) == ("redis", redis_server.url, 3600)
+    assert (s.session_store, s.redis_url) == ("redis", redis_server.url)
+    assert s.session_max_age_seconds == 3600
     store = make_store(s)
     assert isinstance(store, RedisSessionStore) and store.ttl_seconds == 3600
     kwargs = store._client.connection_pool.connection_kwargs

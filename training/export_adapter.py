@@ -59,7 +59,8 @@ def adapter_card(summary: dict[str, Any]) -> str:
         ("loss", "cross-entropy on assistant tokens only"),
         (
             "data",
-            "counsel-chat answers and high-quality AnnoMI windows (`training/prepare_data.py`), "
+            "the project's style dialogues (`training/data/style/`), AnnoMI reflections and "
+            "open questions, counsel-chat first paragraphs (`training/prepare_data.py`), "
             f"{sample}, conversations <= {data['max_length']} tokens",
         ),
         (
@@ -74,7 +75,15 @@ def adapter_card(summary: dict[str, Any]) -> str:
             f"{summary['train_seconds']} s = {summary['tokens_per_second']} tokens/s"
             + (", stopped early" if summary.get("stopped_early") else ""),
         ),
-        ("losses", f"train {summary['train_loss']}, validation {summary['eval_loss']}"),
+        (
+            "losses",
+            f"train {summary['train_loss']}, validation {summary['eval_loss']}"
+            + (
+                f" (best checkpoint: {Path(summary['best_checkpoint']).name})"
+                if summary.get("best_checkpoint")
+                else ""
+            ),
+        ),
     ]
     table = "\n".join(f"| {k} | {v} |" for k, v in rows)
     hub_url = f"https://huggingface.co/{EMBEDDED_BASE_HUB_ID}"
@@ -116,7 +125,8 @@ slightly): `{load}`. Prompts use the model's chat template with
 
 ## Licence and data
 
-Adapter: Apache-2.0 (base: Apache-2.0). counsel-chat's answers were scraped from
+Adapter: Apache-2.0 (base: Apache-2.0). The style dialogues were written for this project
+(Apache-2.0, in the source repository). counsel-chat's answers were scraped from
 counselchat.com and their rights are unclear: check them before any commercial use. AnnoMI
 (`uccollab/AnnoMI` on GitHub; its earlier README said public domain) holds transcripts of
 public demonstration videos.

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hmac
 import os
-import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -162,6 +161,7 @@ class Companion:
 
         Raises:
             InvalidArgument: bad locale or metadata.
+            ResourceExhausted: the owner holds ``max_sessions_per_owner`` sessions already.
         """
         validate_locale(locale)
         meta = dict(metadata or {})
@@ -172,8 +172,8 @@ class Companion:
             raise InvalidArgument(
                 "metadata must be at most 16 string pairs (keys <= 64, values <= 256 chars)"
             )
-        info = SessionInfo(new_session_id(), locale, time.time(), owner, meta)
-        self.store.create(info)
+        info = SessionInfo(new_session_id(), locale, self.pipeline.clock(), owner, meta)
+        self.store.create(info, max_per_owner=self.pipeline.config.max_sessions_per_owner)
         return Session(self, info)
 
     def session(self, session_id: str, owner: str | None = None) -> Session:
@@ -243,6 +243,13 @@ class Companion:
         """Erase a session and all its turns; False if it did not exist."""
         self.pipeline.session(session_id)
         return self.store.delete(session_id)
+
+    def purge_expired(self) -> int:
+        """Erase the sessions older than ``PipelineConfig.max_session_age_seconds`` (counted
+        from their creation) with all their turns, as thoroughly as :meth:`delete_session`;
+        returns how many. Call it now and then (``companion serve`` does, every
+        ``purge_interval_seconds``); until then an expired session is already not found."""
+        return self.pipeline.purge_expired()
 
     def close(self) -> None:
         """Close the session store."""

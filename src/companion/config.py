@@ -66,6 +66,17 @@ class PipelineConfig:
             once this many characters are held; sentences are released whole.
         release_max_chars: Held text that reaches this length with no boundary is checked
             and released (the token budget of a unit, about 60 tokens).
+        guard_timeout_seconds: A safety check that takes longer fails closed (the fixed
+            resource message); ``None`` runs checks without a time limit.
+        generation_timeout_seconds: A reply the model has not finished by then is abandoned:
+            the turn raises ``Unavailable`` and stores nothing; ``None``: no time limit.
+        max_session_age_seconds: A session older than this (from its creation) is gone:
+            ``SessionNotFound``, and :meth:`Companion.purge_expired` erases it; ``None``:
+            sessions never expire.
+        max_turns_per_session: Stored turns a session may hold (a user message and its reply
+            are two); a turn past it raises ``FailedPrecondition``; ``None``: no limit.
+        max_sessions_per_owner: Sessions one owner (API key) may hold; the next raises
+            ``ResourceExhausted``; ``None``: no limit.
         generation: Decoding settings.
     """
 
@@ -75,6 +86,11 @@ class PipelineConfig:
     check_in_quiet_turns: int = 3
     release_min_clause_chars: int = 48
     release_max_chars: int = 240
+    guard_timeout_seconds: float | None = 10.0
+    generation_timeout_seconds: float | None = 120.0
+    max_session_age_seconds: float | None = None
+    max_turns_per_session: int | None = None
+    max_sessions_per_owner: int | None = None
     generation: GenerationConfig = field(default_factory=GenerationConfig)
 
     def __post_init__(self) -> None:
@@ -103,6 +119,15 @@ class PipelineConfig:
             (self.release_min_clause_chars, self.release_max_chars),
             "1 <= release_min_clause_chars <= release_max_chars <= 4000",
         )
+        for name in ("guard_timeout_seconds", "generation_timeout_seconds"):
+            value = getattr(self, name)
+            _check(value is None or value > 0, name, value, "> 0 seconds or None")
+        age = self.max_session_age_seconds
+        _check(age is None or age > 0, "max_session_age_seconds", age, "> 0 seconds or None")
+        turns = self.max_turns_per_session
+        _check(turns is None or turns >= 2, "max_turns_per_session", turns, ">= 2 or None")
+        owned = self.max_sessions_per_owner
+        _check(owned is None or owned >= 1, "max_sessions_per_owner", owned, ">= 1 or None")
 
 
 def cache_dir(override: str | os.PathLike[str] | None = None) -> Path:

@@ -13,6 +13,8 @@ __all__ = [
     "DeadlineExceeded",
     "DuplicateRequest",
     "FailedPrecondition",
+    "GenerationTimeout",
+    "GuardTimeout",
     "InvalidArgument",
     "ModelLoadError",
     "PermissionDenied",
@@ -76,7 +78,32 @@ class ResourceExhausted(CompanionError):
 
 
 class Unavailable(CompanionError):
-    """The service cannot answer now (models not loaded, shutting down); retry later."""
+    """The service cannot answer now (models not loaded, shutting down, a fault); retry later.
+
+    Args:
+        message: What is unavailable (never request text).
+        component: When a fault caused it, the part that failed: ``"generator"`` or
+            ``"store"``; the service logs and counts it (``companion_faults_total``).
+        reason: What went wrong with it: ``"error"``, ``"timeout"``, ``"full"`` (disk or
+            database full), ``"locked"`` (database locked) or ``"unreachable"``.
+    """
+
+    def __init__(
+        self, message: str = "", *, component: str | None = None, reason: str | None = None
+    ) -> None:
+        super().__init__(message)
+        self.component = component
+        self.reason = reason
+
+
+class GuardTimeout(CompanionError, TimeoutError):
+    """A safety check did not finish within ``PipelineConfig.guard_timeout_seconds``. The
+    pipeline fails closed on it (the fixed resource message), so it never reaches a caller."""
+
+
+class GenerationTimeout(CompanionError, TimeoutError):
+    """The model did not finish a reply within ``PipelineConfig.generation_timeout_seconds``.
+    The pipeline turns it into :class:`Unavailable`; nothing of the turn is stored."""
 
 
 class DeadlineExceeded(CompanionError):

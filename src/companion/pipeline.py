@@ -1,8 +1,10 @@
 """The guarded turn: input guard -> context assembly -> generation -> output guard -> store.
 
 Pure orchestration: every collaborator is passed in, and nothing here touches gRPC, the
-environment or files. The pipeline FAILS CLOSED: when a guard raises, the user gets the fixed
-resource message, never unchecked generated text.
+environment or files. The pipeline FAILS CLOSED: when a guard raises or takes longer than
+``guard_timeout_seconds``, the user gets the fixed resource message, never unchecked generated
+text; a model that fails or takes longer than ``generation_timeout_seconds`` gives
+``Unavailable``, and nothing of the turn is stored.
 """
 
 from __future__ import annotations
@@ -10,17 +12,32 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Callable, Iterator
-from collections.abc import Generator as Generator_
-from dataclasses import dataclass
 
 from ._events import StreamEvent, TextDelta, TurnDone, Withheld, replay_events
+from ._history import (
+    FIRST_READ,
+    check_turn_limit,
+    checks_need,
+    fits_window,
+    read_for_model,
+    window_bound,
+)
 from ._logging import get_logger
-from ._release import ReleaseBuffer
+from ._release import ReleaseBuffer, release_checked
 from ._requests import outcome_json, reply_from_stored, validate_request_id
+from ._timeouts import Stuck, call_within, stream_within
 from ._triage import apply_triage, model_history, triage_state
 from .config import PipelineConfig
 from .context import build_messages
-from .errors import Cancelled, DuplicateRequest, InvalidArgument, SessionNotFound, Unavailable
+from .errors import (
+    Cancelled,
+    DuplicateRequest,
+    GenerationTimeout,
+    GuardTimeout,
+    InvalidArgument,
+    SessionNotFound,
+    Unavailable,
+)
 from .prompts import SYSTEM_PROMPT
 from .protocols import ChatMessage, Generator, SafetyGuard, SessionStore, ShouldStop
 from .resources import ResourceCatalogue
@@ -41,19 +58,6 @@ from .types import (
 __all__ = ["Pipeline", "StreamEvent", "TextDelta", "TurnDone", "Withheld", "replay_events"]
 
 log = get_logger(__name__)
-
-
-@dataclass(frozen=True)
-class _Checked:
-    """What check-before-release generation left: the last verdict (of the complete reply
-    unless a check failed), the passed text, the passed units not yet sent, and the time in
-    the model and in the output guard (ms)."""
-
-    verdict: Verdict
-    text: str
-    pending: list[str]
-    generate_ms: float
-    check_ms: float
 
 
 class Pipeline:
@@ -86,20 +90,35 @@ class Pipeline:
         self.config = config or PipelineConfig()
         self.system_prompt = system_prompt
         self.clock = clock
+        # Checks and generations that outlived their time limit (``_timeouts``).
+        self._stuck_guard = Stuck()
+        self._stuck_model = Stuck()
+        self._bounds: dict[tuple[int, int, str], int] = {}
 
     def session(self, session_id: str) -> SessionInfo:
         """The session's metadata.
 
         Raises:
             InvalidArgument: the id is malformed.
-            SessionNotFound: no such session.
+            SessionNotFound: no such session, or one older than ``max_session_age_seconds``:
+                that one is erased now, if :meth:`purge_expired` has not erased it yet.
         """
         if not isinstance(session_id, str) or not is_valid_session_id(session_id):
             raise InvalidArgument("session_id is malformed")
         info = self.store.get(session_id)
+        age = self.config.max_session_age_seconds
+        if info is not None and age is not None and info.created_at < self.clock() - age:
+            self.store.delete(session_id)  # expired: gone for good, not only hidden
+            info = None
         if info is None:
             raise SessionNotFound(f"session {session_id} not found")
         return info
+
+    def purge_expired(self) -> int:
+        """Erase every session older than ``max_session_age_seconds`` with all its turns, as
+        thoroughly as a delete; returns how many (0 when sessions never expire)."""
+        age = self.config.max_session_age_seconds
+        return 0 if age is None else self.store.purge_expired(self.clock() - age)
 
     def stored_reply(
         self, session_id: str, text: str, request_id: str | None = None
@@ -165,9 +184,10 @@ class Pipeline:
             InvalidArgument: empty, oversize or non-text message; malformed session or
                 request id.
             SessionNotFound: no such session.
-            FailedPrecondition: ``request_id`` names a stored turn with another message.
+            FailedPrecondition: ``request_id`` names a stored turn with another message, or
+                the session holds ``max_turns_per_session`` turns already.
             Cancelled: ``should_stop()`` became true before the turn was stored.
-            Unavailable: the model failed.
+            Unavailable: the model failed or timed out, or the store failed.
         """
         started = time.perf_counter()
         info, replay = self._prepare(session_id, text, request_id)
@@ -176,8 +196,12 @@ class Pipeline:
             yield from replay_events(replay)
             return
         stop = should_stop or (lambda: False)
-        history = self.store.history(session_id)
-        n = self.config.guard_context_turns
+        cfg = self.config
+        # The newest turns only: what the checks need, or the first read for the model's window.
+        need = max(FIRST_READ, checks_need(cfg.guard_context_turns, cfg.check_in_quiet_turns))
+        history = self.store.recent(session_id, need)
+        check_turn_limit(history, cfg.max_turns_per_session)
+        n = cfg.guard_context_turns
         user_context = [t.text for t in history if t.role is Role.USER][-n:] if n else []
         state = triage_state(history, self.config.check_in_quiet_turns)
         timings: dict[str, float] = {}
@@ -194,6 +218,7 @@ class Pipeline:
             budget = (
                 self.config.context_tokens or self.generator.context_window
             ) - self.config.generation.max_new_tokens
+            history = self._read_for_model(session_id, history, text, budget)
             messages = build_messages(
                 self.system_prompt,
                 model_history(history),
@@ -201,7 +226,12 @@ class Pipeline:
                 self.generator.count_tokens,
                 budget,
             )
-            out = yield from self._release_checked(messages, stop, session_id)
+            out = yield from release_checked(
+                self._generate(messages, stop, session_id),
+                lambda reply: self._check(reply, Role.ASSISTANT, []),
+                stop,
+                ReleaseBuffer(cfg.release_min_clause_chars, cfg.release_max_chars),
+            )
             verdict_out, pending = out.verdict, out.pending
             timings["generate_ms"], timings["output_guard_ms"] = out.generate_ms, out.check_ms
             if verdict_out.fired:
@@ -224,7 +254,9 @@ class Pipeline:
         ]
         outcome = outcome_json(reply) if request_id is not None else ""
         try:
-            _, stored = self.store.append(session_id, pair, request_id, outcome)
+            _, stored = self.store.append(
+                session_id, pair, request_id, outcome, max_turns=cfg.max_turns_per_session
+            )
         except DuplicateRequest:  # an earlier call with this id stored its turn meanwhile
             yield from self._replay_raced(session_id, text, request_id)
             return
@@ -244,7 +276,7 @@ class Pipeline:
             policy_version=decided.policy_version,
             message_chars=len(text),
             reply_chars=len(reply_text),
-            history_turns=len(history),
+            history_read=len(history),
             total_ms=_ms(started),
             **timings,
         )
@@ -256,71 +288,46 @@ class Pipeline:
                 yield TextDelta(part)
         yield TurnDone(reply, withheld=withheld)
 
-    def _release_checked(
+    def _generate(
         self, messages: list[ChatMessage], stop: ShouldStop, session_id: str
-    ) -> Generator_[TextDelta, None, _Checked]:
-        """Generate, and release units only once the output guard has passed the reply so far
-        with them. A check that fires holds its units back (a first sentence alone can read as
-        advice that the whole reply is not) and generation goes on; the next check reads the
-        longer reply. The last check reads the complete reply, as ``turn`` always did: when it
-        fires, nothing held is released. A check that fails (raises) stops at once. A passed
-        unit is yielded when the model produces more text, so the units passed by the final
-        check are left ``pending``, for :meth:`stream` to send after the turn is stored: a
-        client that saw the whole reply knows it was stored, and one that left before stored
-        nothing.
+    ) -> Iterator[str]:
+        """The model's deltas, within ``generation_timeout_seconds``.
 
         Raises:
-            Cancelled: ``stop()`` became true.
-            Unavailable: the model failed.
+            Cancelled: the model raised it.
+            Unavailable: the model failed or timed out.
         """
-        buffer = ReleaseBuffer(self.config.release_min_clause_chars, self.config.release_max_chars)
-        passed: list[str] = []  # every unit the guard passed, in order
-        ready: list[str] = []  # passed, not yet yielded
-        held: list[str] = []  # generated, not yet passed
-        verdict: Verdict | None = None
-        check_ms = 0.0
-        t0 = time.perf_counter()
-        stream = self.generator.stream(messages, self.config.generation, stop)
+        limit = self.config.generation_timeout_seconds
         try:
-            while True:
-                try:
-                    delta = next(stream, None)
-                except Cancelled:
-                    raise
-                except Exception as exc:
-                    log.error("generation_failed", session_id=session_id, error=type(exc).__name__)
-                    raise Unavailable("the model failed to generate a reply") from exc
-                if stop():
-                    raise Cancelled("the turn was cancelled before it was stored")
-                if delta is not None and ready:  # more is coming: these are not the last
-                    for part in ready:
-                        yield TextDelta(part)
-                    ready = []
-                unit = buffer.add(delta) if delta is not None else buffer.flush()
-                if unit:
-                    held.append(unit)
-                    t1 = time.perf_counter()
-                    verdict = self._check("".join(passed + held), Role.ASSISTANT, [])
-                    check_ms += _ms(t1)
-                    if verdict.error is not None:
-                        break  # fail closed, at once
-                    if not verdict.fired:
-                        passed += held
-                        ready += held
-                        held = []
-                if delta is None:
-                    break
-        finally:
-            close = getattr(stream, "close", None)
-            if close is not None:
-                close()  # a stopped generator frees the model at once
-        if verdict is None:  # nothing was generated: the (empty) reply is still checked
-            t1 = time.perf_counter()
-            verdict = self._check("", Role.ASSISTANT, [])
-            check_ms += _ms(t1)
-        return _Checked(
-            verdict, "".join(passed), ready, round(_ms(t0) - check_ms, 2), round(check_ms, 2)
-        )
+            yield from stream_within(
+                lambda halt: self.generator.stream(messages, self.config.generation, halt),
+                limit,
+                self._stuck_model,
+                stop,
+                lambda: GenerationTimeout(f"the model did not finish the reply within {limit} s"),
+            )
+        except Cancelled:
+            raise
+        except Exception as exc:
+            reason = "timeout" if isinstance(exc, GenerationTimeout) else "error"
+            log.error(
+                "generation_failed", session_id=session_id, error=type(exc).__name__, reason=reason
+            )
+            raise Unavailable(
+                f"the model {'timed out' if reason == 'timeout' else 'failed'}; retry",
+                component="generator",
+                reason=reason,
+            ) from exc
+
+    def _read_for_model(
+        self, session_id: str, newest: list[Turn], text: str, budget: int
+    ) -> list[Turn]:
+        count, prompt = self.generator.count_tokens, self.system_prompt
+        key = (id(self.generator), budget, prompt)  # the bound renders two prompts: once
+        if key not in self._bounds:
+            self._bounds[key] = window_bound(count, prompt, budget)
+        fits = fits_window(count, prompt, text, budget)
+        return read_for_model(self.store, session_id, newest, self._bounds[key], fits)
 
     def _replay_raced(
         self, session_id: str, text: str, request_id: str | None
@@ -358,10 +365,19 @@ class Pipeline:
         self, text: str, role: Role, context: list[str], last_assistant: str = ""
     ) -> Verdict:
         direction = Direction.INPUT if role is Role.USER else Direction.OUTPUT
+        limit = self.config.guard_timeout_seconds
         try:
-            return self.guard.classify(text, role, context, last_assistant)
-        except Exception as exc:  # fail closed: a broken guard must never let text through
-            log.error("guard_failed", direction=direction.value, error=type(exc).__name__)
+            return call_within(
+                lambda: self.guard.classify(text, role, context, last_assistant),
+                limit,
+                self._stuck_guard,
+                lambda: GuardTimeout(f"the safety check took longer than {limit} s"),
+                "companion-guard",
+            )
+        except Exception as exc:  # fail closed: a broken or hung guard never lets text through
+            reason = "timeout" if isinstance(exc, GuardTimeout) else "error"
+            error = type(exc).__name__
+            log.error("guard_failed", direction=direction.value, error=error, reason=reason)
             return Verdict.failed(direction, exc, getattr(self.guard, "policy_version", "unknown"))
 
 

@@ -82,8 +82,16 @@ class Generator(Protocol):
 class SessionStore(Protocol):
     """Server-side conversation storage."""
 
-    def create(self, info: SessionInfo) -> None:
-        """Store a new session."""
+    def create(self, info: SessionInfo, max_per_owner: int | None = None) -> None:
+        """Store a new session.
+
+        With ``max_per_owner``, the count of the owner's sessions and the insert are one
+        atomic step: concurrent creates never take an owner past it.
+
+        Raises:
+            ResourceExhausted: ``info.owner`` holds ``max_per_owner`` sessions already; nothing
+                was stored.
+        """
         ...
 
     def get(self, session_id: str) -> SessionInfo | None:
@@ -96,16 +104,23 @@ class SessionStore(Protocol):
         turns: Sequence[Turn],
         request_id: str | None = None,
         outcome: str = "",
+        *,
+        max_turns: int | None = None,
     ) -> list[Turn]:
         """Append ``turns`` atomically (all or none); returns them with their indices set.
 
         With ``request_id``, the id and ``outcome`` (opaque text) are stored with the turns in
         the same atomic step, for :meth:`find_request`; an id is unique within a session.
+        With ``max_turns``, a session would hold more turns than that refuses the append, in
+        the same atomic step.
 
         Raises:
             SessionNotFound: no such session.
             DuplicateRequest: the session already holds turns under ``request_id``; nothing
                 was appended.
+            FailedPrecondition: the session would hold more than ``max_turns`` turns;
+                nothing was appended.
+            Unavailable: the store failed (``component="store"``); nothing was appended.
         """
         ...
 
@@ -121,8 +136,21 @@ class SessionStore(Protocol):
         """
         ...
 
+    def recent(self, session_id: str, limit: int) -> list[Turn]:
+        """The newest ``limit`` turns (with their indices), oldest first; reads no more.
+
+        Raises:
+            SessionNotFound: no such session.
+        """
+        ...
+
     def delete(self, session_id: str) -> bool:
         """Erase the session and its turns; False if it did not exist."""
+        ...
+
+    def purge_expired(self, created_before: float) -> int:
+        """Erase every session created before ``created_before`` (seconds since the epoch),
+        with its turns and request ids, as thoroughly as :meth:`delete`; returns how many."""
         ...
 
     def close(self) -> None:

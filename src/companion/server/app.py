@@ -1,7 +1,8 @@
 """The gRPC server, assembled in one place from :class:`ServerSettings`.
 
 Start-up order: bind the port and answer health checks as NOT_SERVING at once; load the models
-and run one short generation in the background; then switch health to SERVING. Shutdown
+and run one short generation in the background; then start the retention purge
+(:mod:`._retention`) and switch health to SERVING. Shutdown
 (SIGTERM/SIGINT or :meth:`CompanionServer.stop`): health goes NOT_SERVING, new calls are
 refused, in-flight turns get ``grace_seconds`` to finish.
 """
@@ -27,6 +28,7 @@ from ..protocols import SessionStore
 from ..sessions import RedisSessionStore
 from ._access import AccessControl
 from ._admission import GenerationQueue
+from ._retention import PurgeTask
 from ._transport import exposure_problem, is_loopback, missing_protection, server_credentials
 from .interceptors import ServiceInterceptor
 from .metrics import Metrics
@@ -69,7 +71,7 @@ def make_store(settings: ServerSettings) -> SessionStore | Literal["sqlite", "me
     if settings.session_store == "redis":
         return RedisSessionStore(
             settings.redis_url,
-            ttl_seconds=settings.redis_ttl_seconds,
+            ttl_seconds=settings.session_max_age_seconds,
             connect_timeout=settings.redis_connect_timeout,
             timeout=settings.redis_timeout,
         )
@@ -134,6 +136,7 @@ class CompanionServer:
         self._factory = factory
         self._owns_companion = companion is None
         self._loading: asyncio.Task[None] | None = None
+        self._purge: PurgeTask | None = None
         self._server: aio.Server | None = None
         self.port = 0
         self.metrics_port: int | None = None
@@ -232,6 +235,8 @@ class CompanionServer:
             log.error("model_load_failed", error=type(exc).__name__, detail=str(exc))
             raise
         self.servicer.companion = companion
+        self._purge = PurgeTask(companion, self.settings.purge_interval_seconds, self.metrics)
+        self._purge.start()  # retention: the first purge runs now
         for name in ("", SERVICE_NAME):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         log.info("serving", load_ms=round((time.perf_counter() - started) * 1000))
@@ -256,6 +261,8 @@ class CompanionServer:
             self._server = None
         if self._loading is not None and not self._loading.done():
             self._loading.cancel()
+        if self._purge is not None:
+            await self._purge.stop()
         self.metrics.close()
         self.servicer.close()
         if self._owns_companion and self._companion is not None:

@@ -15,9 +15,11 @@ undecodable-request check below):
   grpc's own ``maximum_concurrent_rpcs``, which refuses health checks and reflection too (so a
   liveness probe would kill a busy server) and neither logs nor counts what it refuses.
 - One ``rpc`` structlog line per call with method, code, latency, session id and verdict; and
-  the Prometheus metrics. Message and reply text are never read here, and no other string the
-  client sent is logged: a session id only when well formed, otherwise as a keyed hash; a
-  request id only as a keyed hash. A ``ResourceExhausted`` that carries ``retry_after_ms``
+  the Prometheus metrics. A fault of a part (a guard that failed closed, a model or store
+  that failed) is named in the line (``faults``) and counted (``companion_faults_total``).
+  Message and reply text are never read here, and no other string the client sent is logged:
+  a session id only when well formed, otherwise as a keyed hash; a request id only as a keyed
+  hash. A ``ResourceExhausted`` that carries ``retry_after_ms``
   goes out as ``retry-after-ms`` trailing metadata.
 """
 
@@ -64,6 +66,7 @@ __all__ = [
     "ServiceInterceptor",
     "call_fields",
     "caller_owner",
+    "note_fault",
     "owner_of_key",
     "session_id_fields",
 ]
@@ -106,6 +109,13 @@ def call_fields() -> dict[str, Any] | None:
     """The fields of the current call's ``rpc`` log line, for the servicer to add to (never
     text); ``None`` outside a call."""
     return _fields.get()
+
+
+def note_fault(fields: dict[str, Any] | None, component: str, reason: str) -> None:
+    """Name a fault in the call's ``rpc`` line (``faults``: ``"component:reason"``); the
+    interceptor counts it in ``companion_faults_total`` when the call ends."""
+    if fields is not None:
+        fields.setdefault("faults", []).append(f"{component}:{reason}")
 
 
 def status_for(exc: CompanionError) -> grpc.StatusCode:
@@ -159,6 +169,9 @@ class _Call:
         elapsed = time.perf_counter() - self.started
         code = self.code.name
         metrics.rpc_latency.labels(self.method, code).observe(elapsed)
+        for fault in self.fields.get("faults", ()):
+            component, _, reason = fault.partition(":")
+            metrics.faults.labels(component, reason).inc()
         if self.code is not grpc.StatusCode.OK:
             metrics.rpc_errors.labels(self.method, code).inc()
         level = log.info if self.code is not grpc.StatusCode.INTERNAL else log.error
@@ -320,6 +333,9 @@ class ServiceInterceptor(aio.ServerInterceptor):  # type: ignore[misc]  # grpc i
         if isinstance(exc, CompanionError):
             call.code = status_for(exc)
             call.fields["error"] = type(exc).__name__
+            component = getattr(exc, "component", None)
+            if component is not None:  # a fault of a part (generator, store), counted
+                note_fault(call.fields, component, getattr(exc, "reason", None) or "error")
             retry_after = getattr(exc, "retry_after_ms", None)
             trailing = ((RETRY_AFTER_KEY, str(retry_after)),) if retry_after is not None else ()
             await context.abort(call.code, str(exc), trailing)

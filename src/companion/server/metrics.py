@@ -67,6 +67,19 @@ class Metrics:
             "Calls refused for a missing or wrong API key (UNAUTHENTICATED).",
             registry=self.registry,
         )
+        self.faults = Counter(
+            "companion_faults",
+            "Faults of the service's parts, by component (input_guard, output_guard: the turn"
+            " failed closed with the resource message; generator, store: the call got"
+            " UNAVAILABLE) and reason (error, timeout, full, locked, unreachable).",
+            ["component", "reason"],
+            registry=self.registry,
+        )
+        self.purged = Counter(
+            "companion_sessions_purged",
+            "Sessions erased by the retention purge (older than session_max_age_seconds).",
+            registry=self.registry,
+        )
         self.queue_length = Gauge(
             "companion_generation_queue_length",
             "Turns waiting for the model now.",

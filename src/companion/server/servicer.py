@@ -22,11 +22,11 @@ from .. import _wire
 from .._companion import Companion, Session
 from .._proto.companion.v1 import companion_pb2 as pb
 from .._proto.companion.v1 import companion_pb2_grpc as pb_grpc
-from ..errors import Cancelled, DeadlineExceeded, InvalidArgument, Unavailable
+from ..errors import Cancelled, DeadlineExceeded, GuardTimeout, InvalidArgument, Unavailable
 from ..pipeline import StreamEvent, TextDelta, TurnDone, Withheld, replay_events
 from ..types import Reply
 from ._admission import GenerationQueue, io_executor
-from .interceptors import call_fields, caller_owner
+from .interceptors import call_fields, caller_owner, note_fault
 from .metrics import Metrics
 
 __all__ = ["CompanionServicer"]
@@ -86,7 +86,9 @@ class CompanionServicer(pb_grpc.CompanionServiceServicer):
             lambda: session.send(text, stop, request_id=rid),
             call_fields(),
         )
-        return _wire.reply_to_pb(await _finish(stop, turn))
+        reply = await _finish(stop, turn)
+        _note_guard_faults(reply)
+        return _wire.reply_to_pb(reply)
 
     async def StreamMessage(
         self, request: pb.StreamMessageRequest, context: Context
@@ -174,6 +176,8 @@ class CompanionServicer(pb_grpc.CompanionServiceServicer):
                     raise _translate(stop, item) from None
                 if isinstance(item, BaseException):
                     raise item
+                if isinstance(item, TurnDone):
+                    _note_guard_faults(item.reply)
                 yield item
         finally:
             stop.set()
@@ -184,6 +188,18 @@ class CompanionServicer(pb_grpc.CompanionServiceServicer):
         """Stop the threads once the calls running now end."""
         self.queue.close()
         self._io.shutdown(wait=False, cancel_futures=True)
+
+
+def _note_guard_faults(reply: Reply) -> None:
+    """Name the checks of a new turn that failed (closed) in the call's ``rpc`` line."""
+    fields = call_fields()
+    for component, verdict in (
+        ("input_guard", reply.input_verdict),
+        ("output_guard", reply.output_verdict),
+    ):
+        if verdict is not None and verdict.error is not None:
+            reason = "timeout" if verdict.error == GuardTimeout.__name__ else "error"
+            note_fault(fields, component, reason)
 
 
 def _page(token: str, size: int) -> tuple[int, int]:

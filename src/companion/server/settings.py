@@ -115,10 +115,31 @@ class ServerSettings(BaseSettings):
         " rediss://... or unix:///path",
         repr=False,  # may hold a password
     )
-    redis_ttl_seconds: int = Field(
+    session_max_age_seconds: int = Field(
         default=DEFAULT_TTL_SECONDS,
         ge=1,
-        description="a Redis session expires this long after its last turn (30 days)",
+        description="retention: a session and all its turns are erased this long after it was"
+        " created (30 days), by the purge task (SQLite, memory) or as its Redis keys expire",
+    )
+    redis_ttl_seconds: int | None = Field(
+        default=None,
+        ge=1,
+        description="deprecated name of session_max_age_seconds; when given, it sets it",
+    )
+    purge_interval_seconds: float = Field(
+        default=600.0, gt=0, description="how often the server erases expired sessions"
+    )
+    max_turns_per_session: int | None = Field(
+        default=2000,
+        ge=2,
+        description="stored turns a session may hold (a message and its reply are two); past"
+        " it a turn gets FAILED_PRECONDITION; None (or 'off'): no limit",
+    )
+    max_sessions_per_key: int | None = Field(
+        default=10_000,
+        ge=1,
+        description="sessions one API key (or, without keys, the whole server) may hold; the"
+        " next CreateSession gets RESOURCE_EXHAUSTED; None (or 'off'): no limit",
     )
     redis_connect_timeout: float = Field(
         default=2.0, gt=0, description="seconds to wait for a Redis connection"
@@ -149,6 +170,16 @@ class ServerSettings(BaseSettings):
         ge=0,
         description="turns that may wait for the model; the next gets RESOURCE_EXHAUSTED at"
         " once, with a retry-after-ms hint",
+    )
+    guard_timeout_seconds: float = Field(
+        default=10.0,
+        gt=0,
+        description="a safety check that takes longer fails closed (the resource message)",
+    )
+    generation_timeout_seconds: float = Field(
+        default=120.0,
+        gt=0,
+        description="a reply the model has not finished by then gives UNAVAILABLE, nothing stored",
     )
     grace_seconds: float = Field(
         default=10.0, ge=0, description="how long in-flight calls may finish on shutdown"
@@ -191,7 +222,25 @@ class ServerSettings(BaseSettings):
             raise ValueError("every key must be a string of at least 16 characters")
         return value
 
-    @field_validator("metrics_port", "key_rate_limit", "auth_failure_rate", mode="before")
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed(cls, data: Any) -> Any:
+        # redis_ttl_seconds was the only retention setting, for Redis alone; it now sets the
+        # one every store follows. A file or variable that still names it keeps its meaning.
+        # A bad value stays where it is, so that its error names the setting it came as.
+        old = data.get("redis_ttl_seconds") if isinstance(data, dict) else None
+        if old is not None and str(old).strip().isdigit() and int(str(old)) >= 1:
+            data = {**data, "session_max_age_seconds": int(str(old)), "redis_ttl_seconds": None}
+        return data
+
+    @field_validator(
+        "metrics_port",
+        "key_rate_limit",
+        "auth_failure_rate",
+        "max_turns_per_session",
+        "max_sessions_per_key",
+        mode="before",
+    )
     @classmethod
     def _off(cls, value: Any) -> Any:
         if isinstance(value, str) and value.strip().lower() in _OFF:
@@ -252,6 +301,11 @@ class ServerSettings(BaseSettings):
         """The library configuration these settings imply."""
         return PipelineConfig(
             max_message_chars=self.max_message_chars,
+            guard_timeout_seconds=self.guard_timeout_seconds,
+            generation_timeout_seconds=self.generation_timeout_seconds,
+            max_session_age_seconds=self.session_max_age_seconds,
+            max_turns_per_session=self.max_turns_per_session,
+            max_sessions_per_owner=self.max_sessions_per_key,
             generation=GenerationConfig(
                 max_new_tokens=self.max_new_tokens, do_sample=self.do_sample
             ),

@@ -8,6 +8,7 @@ from dataclasses import replace
 
 from ..errors import DuplicateRequest, SessionNotFound
 from ..types import SessionInfo, StoredRequest, Turn
+from ._limits import refuse_owner, refuse_turns
 
 __all__ = ["InMemorySessionStore"]
 
@@ -22,11 +23,14 @@ class InMemorySessionStore:
         self._requests: dict[str, dict[str, tuple[int, int, str]]] = {}
         self._lock = threading.Lock()
 
-    def create(self, info: SessionInfo) -> None:
-        """Store a new session."""
+    def create(self, info: SessionInfo, max_per_owner: int | None = None) -> None:
+        """Store a new session (at most ``max_per_owner`` per owner)."""
         with self._lock:
             if info.id in self._sessions:
                 raise ValueError("session id already exists")
+            if max_per_owner is not None:
+                held = sum(1 for s in self._sessions.values() if s.owner == info.owner)
+                refuse_owner(held, max_per_owner)
             self._sessions[info.id] = info
             self._turns[info.id] = []
             self._requests[info.id] = {}
@@ -42,6 +46,8 @@ class InMemorySessionStore:
         turns: Sequence[Turn],
         request_id: str | None = None,
         outcome: str = "",
+        *,
+        max_turns: int | None = None,
     ) -> list[Turn]:
         """Append ``turns`` atomically, with ``request_id`` if given; returns them with indices
         set.
@@ -49,6 +55,7 @@ class InMemorySessionStore:
         Raises:
             SessionNotFound: no such session.
             DuplicateRequest: ``request_id`` already names turns of this session.
+            FailedPrecondition: the session would hold more than ``max_turns`` turns.
         """
         with self._lock:
             stored = self._turns.get(session_id)
@@ -58,6 +65,7 @@ class InMemorySessionStore:
             if request_id is not None and request_id in requests:
                 raise DuplicateRequest("the session already holds turns under this request id")
             start = len(stored)
+            refuse_turns(start, len(turns), max_turns)
             added = [replace(t, index=start + i) for i, t in enumerate(turns)]
             stored.extend(added)
             if request_id is not None:
@@ -83,12 +91,29 @@ class InMemorySessionStore:
             end = None if limit is None else offset + limit
             return list(stored[offset:end])
 
+    def recent(self, session_id: str, limit: int) -> list[Turn]:
+        """The newest ``limit`` turns, oldest first."""
+        with self._lock:
+            stored = self._turns.get(session_id)
+            if stored is None:
+                raise SessionNotFound(f"session {session_id} not found")
+            return list(stored[max(0, len(stored) - limit) :])
+
     def delete(self, session_id: str) -> bool:
         """Erase the session; False if unknown."""
         with self._lock:
-            self._turns.pop(session_id, None)
-            self._requests.pop(session_id, None)
-            return self._sessions.pop(session_id, None) is not None
+            return self._erase(session_id)
+
+    def purge_expired(self, created_before: float) -> int:
+        """Erase the sessions created before ``created_before``; returns how many."""
+        with self._lock:
+            old = [s.id for s in self._sessions.values() if s.created_at < created_before]
+            return sum(self._erase(sid) for sid in old)
+
+    def _erase(self, session_id: str) -> bool:
+        self._turns.pop(session_id, None)
+        self._requests.pop(session_id, None)
+        return self._sessions.pop(session_id, None) is not None
 
     def close(self) -> None:
         """Nothing to release."""

@@ -11,6 +11,8 @@ from urllib.parse import urlsplit
 from .._logging import get_logger
 from ..errors import DuplicateRequest, SessionNotFound, Unavailable
 from ..types import Action, Category, Role, SessionInfo, StoredRequest, Turn
+from ._limits import owner_full, session_full
+from ._redis_scripts import APPEND, RESERVE
 
 if TYPE_CHECKING:
     import redis
@@ -23,33 +25,6 @@ DEFAULT_TTL_SECONDS = 30 * 24 * 3600
 log = get_logger("companion.sessions")
 
 T = TypeVar("T")
-
-# KEYS[1] the session's info, KEYS[2] its turns (a list: a turn's index is its position), KEYS[3]
-# its request ids (a hash: request id -> "<first index> <count> <outcome>"). ARGV[1] the TTL in
-# seconds, ARGV[2] the request id or "", ARGV[3] the outcome, ARGV[4..] the turns as JSON. Redis
-# runs a script alone, so the checks, the length read and the pushes cannot interleave with
-# another process's append: indexes never collide, a pair stays adjacent and a request id is
-# stored once. Returns the first new index, -1 for no such session, -2 for a request id the
-# session already holds (nothing written).
-_APPEND = """
-if redis.call('EXISTS', KEYS[1]) == 0 then
-  return -1
-end
-if ARGV[2] ~= '' and redis.call('HEXISTS', KEYS[3], ARGV[2]) == 1 then
-  return -2
-end
-local start = redis.call('LLEN', KEYS[2])
-if #ARGV > 3 then
-  redis.call('RPUSH', KEYS[2], unpack(ARGV, 4))
-end
-if ARGV[2] ~= '' then
-  redis.call('HSET', KEYS[3], ARGV[2], start .. ' ' .. (#ARGV - 3) .. ' ' .. ARGV[3])
-end
-redis.call('EXPIRE', KEYS[1], ARGV[1])
-redis.call('EXPIRE', KEYS[2], ARGV[1])
-redis.call('EXPIRE', KEYS[3], ARGV[1])
-return start
-"""
 
 
 def _describe_url(url: str) -> str:
@@ -75,8 +50,12 @@ class RedisSessionStore:
     a turn came with a request id, ``<prefix>requests:{<id>}`` (a hash of request ids). The
     braces keep them in one Redis Cluster slot. A turn pair and its request id are written by
     one Lua script, so two processes appending to one session get distinct, gapless indexes
-    and a request id is stored once. The keys expire ``ttl_seconds`` after the session was
-    created or last given a turn. :meth:`delete` removes all of them.
+    and a request id is stored once. Retention: the keys expire ``ttl_seconds`` after the
+    session was created (the service's ``session_max_age_seconds``); a turn does not extend
+    it. :meth:`delete` removes all of them. Each owner (API key) has one more key,
+    ``<prefix>owner:{<owner>}``, a sorted set of its sessions' ids by creation time, for the
+    sessions-per-owner quota; a deleted or purged session leaves it at once, an expired one
+    at the owner's next create or the next :meth:`purge_expired`.
 
     A Redis that is down, refuses the connection or does not answer within the timeouts raises
     :class:`~companion.errors.Unavailable` (the service's UNAVAILABLE). Nothing is retried: an
@@ -86,7 +65,7 @@ class RedisSessionStore:
     Args:
         url: ``redis://[[user]:password@]host[:port][/db]``, ``rediss://...`` (TLS) or
             ``unix:///path/to/socket``. Never logged with its password.
-        ttl_seconds: Retention: a session expires this long after its last turn (default 30
+        ttl_seconds: Retention: a session expires this long after its creation (default 30
             days).
         connect_timeout: Seconds to wait for a connection.
         timeout: Seconds to wait for each reply.
@@ -124,6 +103,8 @@ class RedisSessionStore:
                 " (or 'redis>=5,<7')"
             ) from exc
         self._errors: tuple[type[Exception], ...] = (redis.RedisError,)
+        self._timeouts: tuple[type[Exception], ...] = (redis.TimeoutError,)
+        self._unreachable: tuple[type[Exception], ...] = (redis.ConnectionError,)
         self.url = _describe_url(url)
         self.ttl_seconds = ttl_seconds
         self.prefix = prefix
@@ -134,11 +115,16 @@ class RedisSessionStore:
             socket_timeout=timeout,
             retry=Retry(NoBackoff(), 0),  # see the class docstring: never re-run an append
         )
-        self._append = self._client.register_script(_APPEND)
+        self._append = self._client.register_script(APPEND)
+        self._reserve = self._client.register_script(RESERVE)
         log.info("session_store", backend="redis", url=self.url, ttl_seconds=ttl_seconds)
 
     def __repr__(self) -> str:
         return f"RedisSessionStore({self.url!r}, ttl_seconds={self.ttl_seconds})"
+
+    def owner_key(self, owner: str) -> str:
+        """The key of ``owner``'s sorted set of session ids."""
+        return f"{self.prefix}owner:{{{owner}}}"
 
     def keys(self, session_id: str) -> tuple[str, str, str]:
         """The session's keys: its info, its turns and its request ids."""
@@ -154,25 +140,36 @@ class RedisSessionStore:
             yield
         except self._errors as exc:
             # The exception names host and port at most; its type is enough for the log.
+            reason = "error"
+            if isinstance(exc, self._timeouts):
+                reason = "timeout"
+            elif isinstance(exc, self._unreachable):
+                reason = "unreachable"
+            elif str(exc).startswith("OOM"):  # maxmemory reached: Redis's "disk full"
+                reason = "full"
             log.warning(
                 "session_store_unavailable",
                 backend="redis",
                 operation=operation,
                 error=type(exc).__name__,
+                reason=reason,
             )
             raise Unavailable(
-                f"the session store is unavailable ({type(exc).__name__}); retry"
+                f"the session store is unavailable ({type(exc).__name__}); retry",
+                component="store",
+                reason=reason,
             ) from exc
 
     def _call(self, operation: str, fn: Callable[[], T]) -> T:
         with self._redis(operation):
             return fn()
 
-    def create(self, info: SessionInfo) -> None:
-        """Store a new session.
+    def create(self, info: SessionInfo, max_per_owner: int | None = None) -> None:
+        """Store a new session; with ``max_per_owner``, unless its owner holds that many.
 
         Raises:
             ValueError: a session with this id exists.
+            ResourceExhausted: the owner holds ``max_per_owner`` sessions already.
             Unavailable: Redis cannot be reached.
         """
         value = json.dumps(
@@ -184,11 +181,19 @@ class RedisSessionStore:
             },
             ensure_ascii=False,
         )
-        key = self.keys(info.id)[0]
+        key, owned = self.keys(info.id)[0], self.owner_key(info.owner)
+        expired = info.created_at - self.ttl_seconds
+        limit = -1 if max_per_owner is None else max_per_owner
+        args: list[str | int | float] = [info.created_at, expired, limit, info.id, self.ttl_seconds]
+        reserved = int(self._call("create", lambda: self._reserve(keys=[owned], args=args)))
+        if reserved == 0:
+            raise owner_full(limit)
         done = self._call(
             "create", lambda: self._client.set(key, value, nx=True, ex=self.ttl_seconds)
         )
         if not done:
+            if reserved == 1:  # our reservation, for an id that was taken
+                self._call("create", lambda: self._client.zrem(owned, info.id))
             raise ValueError("session id already exists")
 
     def get(self, session_id: str) -> SessionInfo | None:
@@ -208,23 +213,29 @@ class RedisSessionStore:
         turns: Sequence[Turn],
         request_id: str | None = None,
         outcome: str = "",
+        *,
+        max_turns: int | None = None,
     ) -> list[Turn]:
         """Append ``turns`` atomically (one script), with ``request_id`` and ``outcome`` if
-        given; returns them with indices set, and refreshes the session's TTL.
+        given; returns them with indices set. They expire with the session.
 
         Raises:
             SessionNotFound: no such session.
             DuplicateRequest: ``request_id`` already names turns of this session.
+            FailedPrecondition: the session would hold more than ``max_turns`` turns.
             Unavailable: Redis cannot be reached.
         """
         rows = [_turn_json(t) for t in turns]
         keys = self.keys(session_id)
-        args: list[str | int] = [self.ttl_seconds, request_id or "", outcome, *rows]
+        limit = -1 if max_turns is None else max_turns
+        args: list[str | int] = [self.ttl_seconds, request_id or "", outcome, limit, *rows]
         start = int(self._call("append", lambda: self._append(keys=list(keys), args=args)))
         if start == -1:
             raise SessionNotFound(f"session {session_id} not found")
         if start == -2:
             raise DuplicateRequest("the session already holds turns under this request id")
+        if start == -3:
+            raise session_full(limit)
         return [
             Turn(t.role, t.text, t.timestamp, t.category, t.action, dict(t.scores), start + i)
             for i, t in enumerate(turns)
@@ -276,26 +287,82 @@ class RedisSessionStore:
         rows: list[str] = replies[1] if limit != 0 else []
         return [_turn_from_json(raw, offset + i) for i, raw in enumerate(rows)]
 
+    def recent(self, session_id: str, limit: int) -> list[Turn]:
+        """The newest ``limit`` turns, oldest first (one snapshot: MULTI/EXEC).
+
+        Raises:
+            SessionNotFound: no such session.
+            Unavailable: Redis cannot be reached.
+        """
+        info_key, turns_key, _ = self.keys(session_id)
+
+        def read() -> list[Any]:
+            with self._client.pipeline(transaction=True) as p:
+                p.exists(info_key)
+                p.llen(turns_key)
+                if limit > 0:
+                    p.lrange(turns_key, -limit, -1)
+                return p.execute()
+
+        replies = self._call("recent", read)
+        if not replies[0]:
+            raise SessionNotFound(f"session {session_id} not found")
+        rows: list[str] = replies[2] if limit > 0 else []
+        first = int(replies[1]) - len(rows)
+        return [_turn_from_json(raw, first + i) for i, raw in enumerate(rows)]
+
     def delete(self, session_id: str) -> bool:
-        """Erase the session, its turns and its request ids (every key); False if unknown.
+        """Erase the session, its turns and its request ids (every key, and its entry in its
+        owner's set); False if unknown.
 
         Raises:
             Unavailable: Redis cannot be reached.
         """
         info_key, turns_key, requests_key = self.keys(session_id)
+        raw: Any = self._call("delete", lambda: self._client.get(info_key))
+        owner = json.loads(raw)["owner"] if raw is not None else None
 
         def erase() -> list[Any]:
             with self._client.pipeline(transaction=True) as p:
                 p.delete(info_key)
                 p.delete(turns_key, requests_key)
+                if owner is not None:
+                    p.zrem(self.owner_key(owner), session_id)
                 return p.execute()
 
-        removed_info, _ = self._call("delete", erase)
+        removed_info = self._call("delete", erase)[0]
         return bool(removed_info)
+
+    def purge_expired(self, created_before: float) -> int:
+        """Erase every session created before ``created_before``, as :meth:`delete` does, and
+        drop expired ids from the owners' sets; returns how many sessions. Redis expires the
+        keys itself (``ttl_seconds``); this catches the sessions made under a longer TTL than
+        the one configured now. It scans every session key: O(sessions).
+
+        Raises:
+            Unavailable: Redis cannot be reached.
+        """
+        prefix, purged = _glob_escape(self.prefix), 0
+        with self._redis("purge"):
+            keys = list(self._client.scan_iter(match=prefix + "session:*", count=1000))
+            for at in range(0, len(keys), 500):
+                batch = keys[at : at + 500]
+                values: list[Any] = self._client.mget(batch)  # type: ignore[assignment]
+                for key, raw in zip(batch, values, strict=True):
+                    if raw is not None and json.loads(raw)["created_at"] < created_before:
+                        purged += self.delete(key[key.index("{") + 1 : key.rindex("}")])
+            for owned in self._client.scan_iter(match=prefix + "owner:*", count=1000):
+                self._client.zremrangebyscore(owned, "-inf", f"({created_before}")
+        return purged
 
     def close(self) -> None:
         """Close the client's connections."""
         self._client.close()
+
+
+def _glob_escape(text: str) -> str:
+    """``text`` matched literally by a SCAN pattern."""
+    return "".join(f"\\{c}" if c in "*?[]\\" else c for c in text)
 
 
 def _turn_json(t: Turn) -> str:

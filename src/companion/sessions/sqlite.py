@@ -6,14 +6,16 @@ import json
 import os
 import sqlite3
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from .._logging import get_logger
 from ..config import data_dir
-from ..errors import DuplicateRequest, SessionNotFound
+from ..errors import DuplicateRequest, SessionNotFound, Unavailable
 from ..types import Action, Category, Role, SessionInfo, StoredRequest, Turn
+from ._limits import refuse_owner, refuse_turns
 
 __all__ = ["SQLiteSessionStore"]
 
@@ -48,7 +50,15 @@ CREATE TABLE IF NOT EXISTS requests (
     outcome    TEXT NOT NULL DEFAULT '',
     PRIMARY KEY (session_id, request_id)
 );
+-- Added for quotas and retention (sessions per owner, purge by age); IF NOT EXISTS: a file
+-- made before them gets them when a store opens it.
+CREATE INDEX IF NOT EXISTS sessions_by_owner ON sessions(owner);
+CREATE INDEX IF NOT EXISTS sessions_by_created ON sessions(created_at);
 """
+
+# SQLite's primary result codes (the low byte of an extended code) that have a reason of their
+# own; every other database error is "error".
+_REASONS = {13: "full", 5: "locked", 6: "locked"}  # SQLITE_FULL, SQLITE_BUSY, SQLITE_LOCKED
 
 _TURN_COLUMNS = "role, text, ts, category, action, scores, idx"
 
@@ -86,43 +96,113 @@ class SQLiteSessionStore:
     process is killed right after. Not covered: copies outside these files (backups, file
     system snapshots, blocks the file system or the disk itself keeps).
 
+    The same erasure ends :meth:`purge_expired` (retention), when it erased anything.
+
+    Faults: a database error (disk or database full, locked by another connection past
+    ``busy_timeout``, an I/O error) raises :class:`~companion.errors.Unavailable` with
+    ``component="store"`` and ``reason`` ``"full"``, ``"locked"`` or ``"error"``, and is
+    logged (``session_store_unavailable``, the SQLite error name, never data). A write that
+    failed is rolled back whole: nothing of it is stored.
+
     Conversations are private: a directory the store creates is ``0700`` and a database file it
     creates is ``0600``, and SQLite gives its ``-wal`` and ``-shm`` files the database file's
     mode. An existing directory or file keeps its mode.
 
     Args:
         path: Database file; default ``<user data dir>/companion/sessions.sqlite3``.
+        busy_timeout: Seconds a call waits for another connection's lock before it fails
+            (``reason="locked"``).
     """
 
-    def __init__(self, path: str | os.PathLike[str] | None = None) -> None:
+    def __init__(
+        self, path: str | os.PathLike[str] | None = None, busy_timeout: float = 5.0
+    ) -> None:
+        if not busy_timeout >= 0:
+            raise ValueError(f"busy_timeout={busy_timeout!r}: must be >= 0 seconds")
         self.path = Path(path) if path is not None else data_dir() / "sessions.sqlite3"
         self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         _create_private(self.path)
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        self._db = sqlite3.connect(
+            self.path, timeout=busy_timeout, check_same_thread=False, isolation_level=None
+        )
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute("PRAGMA foreign_keys=ON")
         self._db.execute("PRAGMA secure_delete=ON")
         self._db.executescript(_SCHEMA)
 
-    def create(self, info: SessionInfo) -> None:
-        """Store a new session."""
-        with self._lock:
-            self._db.execute(
-                "INSERT INTO sessions (id, locale, created_at, owner, metadata) VALUES (?,?,?,?,?)",
-                (
-                    info.id,
-                    info.locale,
-                    info.created_at,
-                    info.owner,
-                    json.dumps(dict(info.metadata)),
-                ),
-            )
+    @contextmanager
+    def _faults(self, operation: str) -> Iterator[None]:
+        """Database errors as Unavailable (see the class docstring); the caller's own errors
+        (SessionNotFound...) and constraint failures pass unchanged."""
+        try:
+            yield
+        except (sqlite3.OperationalError, sqlite3.InternalError) as exc:
+            self._unavailable(operation, exc)
+        except sqlite3.DatabaseError as exc:
+            if type(exc) is not sqlite3.DatabaseError:  # IntegrityError, ProgrammingError...
+                raise
+            self._unavailable(operation, exc)  # "file is not a database", corruption
+
+    def _unavailable(self, operation: str, exc: sqlite3.Error) -> None:
+        code = getattr(exc, "sqlite_errorcode", None)
+        name = getattr(exc, "sqlite_errorname", None) or type(exc).__name__
+        reason = _REASONS.get(code & 0xFF, "error") if isinstance(code, int) else "error"
+        log.warning(
+            "session_store_unavailable",
+            backend="sqlite",
+            operation=operation,
+            error=name,
+            reason=reason,
+        )
+        raise Unavailable(
+            f"the session store is unavailable ({name}); retry",
+            component="store",
+            reason=reason,
+        ) from exc
+
+    @contextmanager
+    def _transaction(self, operation: str) -> Iterator[None]:
+        """One write transaction under the lock: committed whole, or rolled back whole."""
+        with self._faults(operation), self._lock:
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+                yield
+                self._db.execute("COMMIT")
+            except BaseException:
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                raise
+
+    def create(self, info: SessionInfo, max_per_owner: int | None = None) -> None:
+        """Store a new session (at most ``max_per_owner`` per owner, counted in the same
+        transaction).
+
+        Raises:
+            ValueError: a session with this id exists.
+            ResourceExhausted: the owner holds ``max_per_owner`` sessions already.
+            Unavailable: the database failed.
+        """
+        row = (info.id, info.locale, info.created_at, info.owner, json.dumps(dict(info.metadata)))
+        try:
+            with self._transaction("create"):
+                if max_per_owner is not None:
+                    (held,) = self._db.execute(
+                        "SELECT COUNT(*) FROM sessions WHERE owner = ?", (info.owner,)
+                    ).fetchone()
+                    refuse_owner(held, max_per_owner)
+                self._db.execute(
+                    "INSERT INTO sessions (id, locale, created_at, owner, metadata)"
+                    " VALUES (?,?,?,?,?)",
+                    row,
+                )
+        except sqlite3.IntegrityError:
+            raise ValueError("session id already exists") from None
 
     def get(self, session_id: str) -> SessionInfo | None:
         """The session, or ``None``."""
-        with self._lock:
+        with self._faults("get"), self._lock:
             row = self._db.execute(
                 "SELECT id, locale, created_at, owner, metadata FROM sessions WHERE id = ?",
                 (session_id,),
@@ -137,6 +217,8 @@ class SQLiteSessionStore:
         turns: Sequence[Turn],
         request_id: str | None = None,
         outcome: str = "",
+        *,
+        max_turns: int | None = None,
     ) -> list[Turn]:
         """Append ``turns`` in one transaction, with ``request_id`` (and ``outcome``) if given;
         returns them with indices set.
@@ -144,66 +226,60 @@ class SQLiteSessionStore:
         Raises:
             SessionNotFound: no such session.
             DuplicateRequest: ``request_id`` already names turns of this session.
+            FailedPrecondition: the session would hold more than ``max_turns`` turns.
+            Unavailable: the database failed; nothing was appended.
         """
-        with self._lock:
-            try:
-                self._db.execute("BEGIN IMMEDIATE")
-                if not self._db.execute(
-                    "SELECT 1 FROM sessions WHERE id = ?", (session_id,)
-                ).fetchone():
-                    raise SessionNotFound(f"session {session_id} not found")
-                if (
-                    request_id is not None
-                    and self._db.execute(
-                        "SELECT 1 FROM requests WHERE session_id = ? AND request_id = ?",
-                        (session_id, request_id),
-                    ).fetchone()
-                ):
-                    raise DuplicateRequest("the session already holds turns under this request id")
-                (start,) = self._db.execute(
-                    "SELECT COALESCE(MAX(idx) + 1, 0) FROM turns WHERE session_id = ?",
-                    (session_id,),
+        with self._transaction("append"):
+            if not self._db.execute(
+                "SELECT 1 FROM sessions WHERE id = ?", (session_id,)
+            ).fetchone():
+                raise SessionNotFound(f"session {session_id} not found")
+            if (
+                request_id is not None
+                and self._db.execute(
+                    "SELECT 1 FROM requests WHERE session_id = ? AND request_id = ?",
+                    (session_id, request_id),
                 ).fetchone()
-                added = [
-                    Turn(
-                        t.role, t.text, t.timestamp, t.category, t.action, dict(t.scores), start + i
+            ):
+                raise DuplicateRequest("the session already holds turns under this request id")
+            (start,) = self._db.execute(
+                "SELECT COALESCE(MAX(idx) + 1, 0) FROM turns WHERE session_id = ?",
+                (session_id,),
+            ).fetchone()
+            refuse_turns(start, len(turns), max_turns)
+            added = [
+                Turn(t.role, t.text, t.timestamp, t.category, t.action, dict(t.scores), start + i)
+                for i, t in enumerate(turns)
+            ]
+            self._db.executemany(
+                "INSERT INTO turns (session_id, idx, role, text, ts, category, action, scores)"
+                " VALUES (?,?,?,?,?,?,?,?)",
+                [
+                    (
+                        session_id,
+                        t.index,
+                        t.role.value,
+                        t.text,
+                        t.timestamp,
+                        t.category.value,
+                        t.action.value,
+                        json.dumps(dict(t.scores)),
                     )
-                    for i, t in enumerate(turns)
-                ]
-                self._db.executemany(
-                    "INSERT INTO turns (session_id, idx, role, text, ts, category, action, scores)"
-                    " VALUES (?,?,?,?,?,?,?,?)",
-                    [
-                        (
-                            session_id,
-                            t.index,
-                            t.role.value,
-                            t.text,
-                            t.timestamp,
-                            t.category.value,
-                            t.action.value,
-                            json.dumps(dict(t.scores)),
-                        )
-                        for t in added
-                    ],
+                    for t in added
+                ],
+            )
+            if request_id is not None:
+                self._db.execute(
+                    "INSERT INTO requests (session_id, request_id, first_idx, n_turns, outcome)"
+                    " VALUES (?,?,?,?,?)",
+                    (session_id, request_id, start, len(added), outcome),
                 )
-                if request_id is not None:
-                    self._db.execute(
-                        "INSERT INTO requests (session_id, request_id, first_idx, n_turns, outcome)"
-                        " VALUES (?,?,?,?,?)",
-                        (session_id, request_id, start, len(added), outcome),
-                    )
-                self._db.execute("COMMIT")
-            except BaseException:
-                if self._db.in_transaction:
-                    self._db.execute("ROLLBACK")
-                raise
         return added
 
     def find_request(self, session_id: str, request_id: str) -> StoredRequest | None:
         """The turns stored under ``request_id``, or ``None`` (one statement: one snapshot)."""
         cols = ", ".join(f"t.{c}" for c in _TURN_COLUMNS.split(", "))
-        with self._lock:
+        with self._faults("find_request"), self._lock:
             rows = self._db.execute(
                 f"SELECT r.outcome, {cols} FROM requests r JOIN turns t"
                 " ON t.session_id = r.session_id"
@@ -217,11 +293,8 @@ class SQLiteSessionStore:
 
     def history(self, session_id: str, offset: int = 0, limit: int | None = None) -> list[Turn]:
         """Turns in order from ``offset``, at most ``limit``."""
-        with self._lock:
-            if not self._db.execute(
-                "SELECT 1 FROM sessions WHERE id = ?", (session_id,)
-            ).fetchone():
-                raise SessionNotFound(f"session {session_id} not found")
+        with self._faults("history"), self._lock:
+            self._require(session_id)
             rows = self._db.execute(
                 f"SELECT {_TURN_COLUMNS} FROM turns"
                 " WHERE session_id = ? ORDER BY idx LIMIT ? OFFSET ?",
@@ -229,13 +302,52 @@ class SQLiteSessionStore:
             ).fetchall()
         return [_turn(r) for r in rows]
 
+    def recent(self, session_id: str, limit: int) -> list[Turn]:
+        """The newest ``limit`` turns, oldest first (read newest first, by the primary key)."""
+        with self._faults("recent"), self._lock:
+            self._require(session_id)
+            rows = self._db.execute(
+                f"SELECT {_TURN_COLUMNS} FROM turns WHERE session_id = ? ORDER BY idx DESC LIMIT ?",
+                (session_id, limit),
+            ).fetchall()
+        return [_turn(r) for r in reversed(rows)]
+
+    def _require(self, session_id: str) -> None:
+        if not self._db.execute("SELECT 1 FROM sessions WHERE id = ?", (session_id,)).fetchone():
+            raise SessionNotFound(f"session {session_id} not found")
+
     def delete(self, session_id: str) -> bool:
         """Erase the session and its turns, from the database file and its WAL; False if
         unknown."""
-        with self._lock:
+        with self._faults("delete"), self._lock:
             cur = self._db.execute("DELETE FROM sessions WHERE id = ?", (session_id,))
             self._checkpoint_after_erasure()
             return cur.rowcount > 0
+
+    def purge_expired(self, created_before: float, batch: int = 500) -> int:
+        """Erase every session created before ``created_before`` with its turns and request
+        ids, from the database file and its WAL as :meth:`delete` does; returns how many.
+
+        ``batch`` sessions at a time, each batch one statement (atomic) under the lock, so
+        calls of the service get the lock between batches; the checkpoint ends the purge.
+        """
+        purged = 0
+        with self._faults("purge"):
+            try:
+                while True:
+                    with self._lock:
+                        cur = self._db.execute(
+                            "DELETE FROM sessions WHERE id IN"
+                            " (SELECT id FROM sessions WHERE created_at < ? LIMIT ?)",
+                            (created_before, batch),
+                        )
+                    purged += cur.rowcount
+                    if cur.rowcount < batch:
+                        return purged
+            finally:
+                if purged:
+                    with self._lock:
+                        self._checkpoint_after_erasure()
 
     def _checkpoint_after_erasure(self) -> None:
         """Copy the overwritten pages into the database file and empty the WAL, so no older
