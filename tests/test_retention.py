@@ -216,17 +216,26 @@ def test_a_session_past_its_maximum_age_is_gone_at_once_and_purged():
     assert _companion(PipelineConfig()).purge_expired() == 0  # no maximum age: nothing expires
 
 
-def test_a_full_session_refuses_the_turn_before_any_work_but_replays_stored_ones():
+def test_a_full_session_refuses_an_ordinary_turn_before_the_model_but_replays_stored_ones():
     guard, generator = FakeGuard(), FakeGenerator(["first reply", "second reply"])
     c = _companion(PipelineConfig(max_turns_per_session=4), generator=generator, guard=guard)
     s = c.start_session()
     s.send("one")
     s.send("two", request_id="req-2")
-    checks = len(guard.calls)
     with pytest.raises(FailedPrecondition, match="limit of 4 turns; start a new session"):
         s.send("three")  # the generator has no third reply: it was never called
-    assert len(guard.calls) == checks and len(c.history(s.id)) == 4
+    assert guard.calls[-1][0] == "three"  # checked, so that a crisis is never turned away
+    assert len(c.history(s.id)) == 4
     assert s.send("two", request_id="req-2").text == "second reply"  # a retry still works
+
+
+def test_a_full_session_still_answers_a_crisis_with_the_resources_unstored():
+    c = _companion(PipelineConfig(max_turns_per_session=2), generator=FakeGenerator(["hi"]))
+    s = c.start_session()
+    s.send("one")
+    reply = s.send("CRISIS i am not safe")
+    assert reply.action is Action.REDIRECTED and reply.resources and reply.turn_index == -1
+    assert len(c.history(s.id)) == 2  # nothing stored past the limit
 
 
 def test_sessions_per_owner_quota_in_the_library():

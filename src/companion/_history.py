@@ -14,15 +14,14 @@ from collections.abc import Callable, Sequence
 
 from ._triage import model_history
 from .protocols import ChatMessage, SessionStore
-from .sessions._limits import refuse_turns
 from .types import Turn
 
 __all__ = [
     "FIRST_READ",
-    "check_turn_limit",
     "checks_need",
     "fits_window",
     "read_for_model",
+    "session_is_full",
     "window_bound",
 ]
 
@@ -39,18 +38,12 @@ def checks_need(guard_context_turns: int, check_in_quiet_turns: int) -> int:
     return 2 * max(guard_context_turns, check_in_quiet_turns + 2)
 
 
-def check_turn_limit(newest: Sequence[Turn], limit: int | None) -> None:
-    """Refuse a turn that would take the session past ``limit`` stored turns, before any work
-    is done (the store refuses it again, atomically, when it appends).
-
-    Args:
-        newest: The session's newest turns (with their indexes), oldest first.
-        limit: ``max_turns_per_session``; ``None``: no limit.
-
-    Raises:
-        FailedPrecondition: the session holds ``limit - 1`` turns or more.
-    """
-    refuse_turns(newest[-1].index + 1 if newest else 0, 2, limit)
+def session_is_full(newest: Sequence[Turn], limit: int | None) -> bool:
+    """Whether a session whose newest turns are ``newest`` (with their indexes, oldest first)
+    has no room for one more exchange under ``limit`` (``max_turns_per_session``; ``None``: no
+    limit). The store refuses such an append again, atomically."""
+    held = newest[-1].index + 1 if newest else 0
+    return limit is not None and held + 2 > limit
 
 
 def fits_window(

@@ -16,10 +16,10 @@ from collections.abc import Callable, Iterator
 from ._events import StreamEvent, TextDelta, TurnDone, Withheld, replay_events
 from ._history import (
     FIRST_READ,
-    check_turn_limit,
     checks_need,
     fits_window,
     read_for_model,
+    session_is_full,
     window_bound,
 )
 from ._logging import get_logger
@@ -42,6 +42,7 @@ from .prompts import SYSTEM_PROMPT
 from .protocols import ChatMessage, Generator, SafetyGuard, SessionStore, ShouldStop
 from .resources import ResourceCatalogue
 from .sessions import is_valid_session_id
+from .sessions._limits import session_full
 from .types import (
     Action,
     Category,
@@ -200,7 +201,7 @@ class Pipeline:
         # The newest turns only: what the checks need, or the first read for the model's window.
         need = max(FIRST_READ, checks_need(cfg.guard_context_turns, cfg.check_in_quiet_turns))
         history = self.store.recent(session_id, need)
-        check_turn_limit(history, cfg.max_turns_per_session)
+        full = session_is_full(history, cfg.max_turns_per_session)
         n = cfg.guard_context_turns
         user_context = [t.text for t in history if t.role is Role.USER][-n:] if n else []
         state = triage_state(history, self.config.check_in_quiet_turns)
@@ -212,6 +213,9 @@ class Pipeline:
         timings["input_guard_ms"] = _ms(t0)
         verdict_out: Verdict | None = None
         pending: list[str] = []  # units passed by the final check, sent after the commit
+        if full:  # no room to store the turn: only a message the guard acts on is answered
+            yield self._unstored_fixed_reply(session_id, verdict_in, info.locale)
+            return
         if verdict_in.fired:
             reply_text, resources, category, action = self._fixed_reply(verdict_in, info.locale)
         else:
@@ -287,6 +291,27 @@ class Pipeline:
             for part in pending:
                 yield TextDelta(part)
         yield TurnDone(reply, withheld=withheld)
+
+    def _unstored_fixed_reply(self, session_id: str, verdict: Verdict, locale: str) -> TurnDone:
+        """The answer to a message in a session that holds ``max_turns_per_session`` turns:
+        the fixed resource or check-in message when the guard acts on it (a person in crisis
+        is never turned away by a quota), not stored (``turn_index`` -1); otherwise the turn
+        is refused.
+
+        Raises:
+            FailedPrecondition: the guard does not act on the message.
+        """
+        if not verdict.fired:
+            raise session_full(self.config.max_turns_per_session or 0)
+        text, resources, category, action = self._fixed_reply(verdict, locale)
+        log.info(
+            "turn_not_stored",
+            session_id=session_id,
+            reason="session_full",
+            category=category.value,
+            action=action.value,
+        )
+        return TurnDone(Reply(text, category, action, tuple(resources), verdict, None))
 
     def _generate(
         self, messages: list[ChatMessage], stop: ShouldStop, session_id: str
