@@ -17,12 +17,13 @@ from ._events import StreamEvent, TextDelta, TurnDone, Withheld, replay_events
 from ._logging import get_logger
 from ._release import ReleaseBuffer
 from ._requests import outcome_json, reply_from_stored, validate_request_id
+from ._serial import append_turn, lock_turn
 from ._triage import apply_triage, model_history, triage_state
 from .config import PipelineConfig
 from .context import build_messages
 from .errors import Cancelled, DuplicateRequest, InvalidArgument, SessionNotFound, Unavailable
 from .prompts import SYSTEM_PROMPT
-from .protocols import ChatMessage, Generator, SafetyGuard, SessionStore, ShouldStop
+from .protocols import ChatMessage, Generator, SafetyGuard, SessionStore, ShouldStop, TurnLock
 from .resources import ResourceCatalogue
 from .sessions import is_valid_session_id
 from .types import (
@@ -161,13 +162,18 @@ class Pipeline:
         (:func:`replay_events`) instead of a second turn. A call that raced an earlier one with
         the same id, both running at once, ends with the reply the earlier one stored.
 
+        On a store several processes share (a ``LockingSessionStore``: Redis), the turn holds
+        its session's lock from its history read to its append, so turns of one session never
+        overlap, whichever process runs them (``companion._serial``).
+
         Raises:
             InvalidArgument: empty, oversize or non-text message; malformed session or
                 request id.
             SessionNotFound: no such session.
             FailedPrecondition: ``request_id`` names a stored turn with another message.
             Cancelled: ``should_stop()`` became true before the turn was stored.
-            Unavailable: the model failed.
+            Unavailable: the model failed; another turn held the session's lock too long, or
+                this one lost it (nothing stored).
         """
         started = time.perf_counter()
         info, replay = self._prepare(session_id, text, request_id)
@@ -176,17 +182,42 @@ class Pipeline:
             yield from replay_events(replay)
             return
         stop = should_stop or (lambda: False)
+        lock = lock_turn(self.store, session_id, stop)
+        try:
+            # The lock may have made this wait for its own first try, now stored.
+            if lock is not None and self.stored_reply(session_id, text, request_id) is not None:
+                lock.release()
+                yield from self._replay_raced(session_id, text, request_id)
+                return
+            yield from self._locked_turn(info, text, stop, request_id, lock, started)
+        finally:
+            if lock is not None:
+                lock.release()
+
+    def _locked_turn(
+        self,
+        info: SessionInfo,
+        text: str,
+        stop: ShouldStop,
+        request_id: str | None,
+        lock: TurnLock | None,
+        started: float,
+    ) -> Iterator[StreamEvent]:
+        """The turn itself, from the history read to the append (under ``lock`` when the store
+        is shared): see :meth:`stream`."""
+        session_id = info.id
         history = self.store.history(session_id)
         n = self.config.guard_context_turns
         user_context = [t.text for t in history if t.role is Role.USER][-n:] if n else []
         state = triage_state(history, self.config.check_in_quiet_turns)
-        timings: dict[str, float] = {}
+        timings: dict[str, float] = {} if lock is None else {"lock_wait_ms": lock.waited_ms}
 
         t0 = time.perf_counter()
         verdict_in = self._check(text, Role.USER, user_context, state.check_in)
         verdict_in, held_back = apply_triage(verdict_in, state)
         timings["input_guard_ms"] = _ms(t0)
         verdict_out: Verdict | None = None
+        context_turns: int | None = None  # stored turns in the model's prompt
         pending: list[str] = []  # units passed by the final check, sent after the commit
         if verdict_in.fired:
             reply_text, resources, category, action = self._fixed_reply(verdict_in, info.locale)
@@ -201,7 +232,8 @@ class Pipeline:
                 self.generator.count_tokens,
                 budget,
             )
-            out = yield from self._release_checked(messages, stop, session_id)
+            context_turns = len(messages) - 2
+            out = yield from self._release_checked(messages, stop, session_id, lock)
             verdict_out, pending = out.verdict, out.pending
             timings["generate_ms"], timings["output_guard_ms"] = out.generate_ms, out.check_ms
             if verdict_out.fired:
@@ -224,7 +256,7 @@ class Pipeline:
         ]
         outcome = outcome_json(reply) if request_id is not None else ""
         try:
-            _, stored = self.store.append(session_id, pair, request_id, outcome)
+            _, stored = append_turn(self.store, session_id, pair, request_id, outcome, lock)
         except DuplicateRequest:  # an earlier call with this id stored its turn meanwhile
             yield from self._replay_raced(session_id, text, request_id)
             return
@@ -245,6 +277,7 @@ class Pipeline:
             message_chars=len(text),
             reply_chars=len(reply_text),
             history_turns=len(history),
+            context_turns=context_turns,
             total_ms=_ms(started),
             **timings,
         )
@@ -257,7 +290,11 @@ class Pipeline:
         yield TurnDone(reply, withheld=withheld)
 
     def _release_checked(
-        self, messages: list[ChatMessage], stop: ShouldStop, session_id: str
+        self,
+        messages: list[ChatMessage],
+        stop: ShouldStop,
+        session_id: str,
+        lock: TurnLock | None = None,
     ) -> Generator_[TextDelta, None, _Checked]:
         """Generate, and release units only once the output guard has passed the reply so far
         with them. A check that fires holds its units back (a first sentence alone can read as
@@ -292,6 +329,8 @@ class Pipeline:
                     raise Unavailable("the model failed to generate a reply") from exc
                 if stop():
                     raise Cancelled("the turn was cancelled before it was stored")
+                if lock is not None:
+                    lock.keep()  # renews the session's lease while the model writes
                 if delta is not None and ready:  # more is coming: these are not the last
                     for part in ready:
                         yield TextDelta(part)

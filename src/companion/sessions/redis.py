@@ -10,7 +10,9 @@ from urllib.parse import urlsplit
 
 from .._logging import get_logger
 from ..errors import DuplicateRequest, SessionNotFound, Unavailable
+from ..protocols import ShouldStop, TurnLock
 from ..types import Action, Category, Role, SessionInfo, StoredRequest, Turn
+from ._lock import RedisTurnLock
 
 if TYPE_CHECKING:
     import redis
@@ -25,25 +27,29 @@ log = get_logger("companion.sessions")
 T = TypeVar("T")
 
 # KEYS[1] the session's info, KEYS[2] its turns (a list: a turn's index is its position), KEYS[3]
-# its request ids (a hash: request id -> "<first index> <count> <outcome>"). ARGV[1] the TTL in
-# seconds, ARGV[2] the request id or "", ARGV[3] the outcome, ARGV[4..] the turns as JSON. Redis
-# runs a script alone, so the checks, the length read and the pushes cannot interleave with
-# another process's append: indexes never collide, a pair stays adjacent and a request id is
-# stored once. Returns the first new index, -1 for no such session, -2 for a request id the
-# session already holds (nothing written).
+# its request ids (a hash: request id -> "<first index> <count> <outcome>"), KEYS[4] its turn
+# lock. ARGV[1] the TTL in seconds, ARGV[2] the request id or "", ARGV[3] the outcome, ARGV[4]
+# the turn lock's owner token or "", ARGV[5..] the turns as JSON. Redis runs a script alone, so
+# the checks, the length read and the pushes cannot interleave with another process's append:
+# indexes never collide, a pair stays adjacent and a request id is stored once. Returns the
+# first new index, -1 for no such session, -2 for a request id the session already holds, -3
+# for a token that no longer holds the lock (its lease lapsed); nothing is written for those.
 _APPEND = """
 if redis.call('EXISTS', KEYS[1]) == 0 then
   return -1
+end
+if ARGV[4] ~= '' and redis.call('GET', KEYS[4]) ~= ARGV[4] then
+  return -3
 end
 if ARGV[2] ~= '' and redis.call('HEXISTS', KEYS[3], ARGV[2]) == 1 then
   return -2
 end
 local start = redis.call('LLEN', KEYS[2])
-if #ARGV > 3 then
-  redis.call('RPUSH', KEYS[2], unpack(ARGV, 4))
+if #ARGV > 4 then
+  redis.call('RPUSH', KEYS[2], unpack(ARGV, 5))
 end
 if ARGV[2] ~= '' then
-  redis.call('HSET', KEYS[3], ARGV[2], start .. ' ' .. (#ARGV - 3) .. ' ' .. ARGV[3])
+  redis.call('HSET', KEYS[3], ARGV[2], start .. ' ' .. (#ARGV - 4) .. ' ' .. ARGV[3])
 end
 redis.call('EXPIRE', KEYS[1], ARGV[1])
 redis.call('EXPIRE', KEYS[2], ARGV[1])
@@ -72,11 +78,17 @@ class RedisSessionStore:
 
     Each session has up to three keys, ``<prefix>session:{<id>}`` (its info, JSON),
     ``<prefix>turns:{<id>}`` (a list of turns, JSON; a turn's index is its position) and, once
-    a turn came with a request id, ``<prefix>requests:{<id>}`` (a hash of request ids). The
-    braces keep them in one Redis Cluster slot. A turn pair and its request id are written by
-    one Lua script, so two processes appending to one session get distinct, gapless indexes
-    and a request id is stored once. The keys expire ``ttl_seconds`` after the session was
-    created or last given a turn. :meth:`delete` removes all of them.
+    a turn came with a request id, ``<prefix>requests:{<id>}`` (a hash of request ids); while
+    a turn runs, ``<prefix>lock:{<id>}`` (:meth:`lock_turn`). The braces keep them in one
+    Redis Cluster slot. A turn pair and its request id are written by one Lua script, so two
+    processes appending to one session get distinct, gapless indexes and a request id is
+    stored once. The keys expire ``ttl_seconds`` after the session was created or last given
+    a turn. :meth:`delete` removes all of them.
+
+    Turns of one session run one at a time across every process on the store: the pipeline
+    holds the session's turn lock (:meth:`lock_turn`, a lease of ``lock_seconds`` with an
+    owner token, renewed as the turn generates) from its history read to its append, and the
+    append checks the token (``companion.sessions._lock`` says why and how).
 
     A Redis that is down, refuses the connection or does not answer within the timeouts raises
     :class:`~companion.errors.Unavailable` (the service's UNAVAILABLE). Nothing is retried: an
@@ -91,12 +103,15 @@ class RedisSessionStore:
         connect_timeout: Seconds to wait for a connection.
         timeout: Seconds to wait for each reply.
         prefix: Prepended to every key.
+        lock_seconds: Lease of a turn's session lock: how long a replica that died mid-turn
+            holds its session (renewed while a turn runs).
+        lock_wait_seconds: How long a turn waits for another turn of its session.
         client: A ready ``redis.Redis`` client to use instead of one made from ``url`` (it
             must decode responses); the store closes it.
 
     Raises:
         ImportError: the ``redis`` package is missing (``pip install 'companion[redis]'``).
-        ValueError: a TTL or timeout that is not positive.
+        ValueError: a TTL, timeout or lock time that is not positive.
     """
 
     def __init__(
@@ -107,11 +122,18 @@ class RedisSessionStore:
         connect_timeout: float = 2.0,
         timeout: float = 2.0,
         prefix: str = "companion:",
+        lock_seconds: float = 10.0,
+        lock_wait_seconds: float = 30.0,
         client: redis.Redis | None = None,
     ) -> None:
         if not (isinstance(ttl_seconds, int) and ttl_seconds >= 1):
             raise ValueError(f"ttl_seconds={ttl_seconds!r}: must be a whole number >= 1")
-        for name, value in (("connect_timeout", connect_timeout), ("timeout", timeout)):
+        for name, value in (
+            ("connect_timeout", connect_timeout),
+            ("timeout", timeout),
+            ("lock_seconds", lock_seconds),
+            ("lock_wait_seconds", lock_wait_seconds),
+        ):
             if not value > 0:
                 raise ValueError(f"{name}={value!r}: must be > 0 seconds")
         try:
@@ -127,6 +149,7 @@ class RedisSessionStore:
         self.url = _describe_url(url)
         self.ttl_seconds = ttl_seconds
         self.prefix = prefix
+        self.lock_seconds, self.lock_wait_seconds = lock_seconds, lock_wait_seconds
         self._client: redis.Redis = client or redis.Redis.from_url(
             url,
             decode_responses=True,
@@ -147,6 +170,24 @@ class RedisSessionStore:
             f"{self.prefix}turns:{{{session_id}}}",
             f"{self.prefix}requests:{{{session_id}}}",
         )
+
+    def lock_key(self, session_id: str) -> str:
+        """The key of the session's turn lock (present only while a turn runs)."""
+        return f"{self.prefix}lock:{{{session_id}}}"
+
+    def lock_turn(self, session_id: str, should_stop: ShouldStop) -> RedisTurnLock:
+        """Take the session's turn lock, for one turn: pass it to :meth:`append`, then
+        release it (it is a context manager too).
+
+        Raises:
+            Unavailable: another turn held it for ``lock_wait_seconds``, or Redis cannot be
+                reached.
+            Cancelled: ``should_stop()`` became true while waiting.
+        """
+        key = self.lock_key(session_id)
+        lock = RedisTurnLock(self._client, key, self.lock_seconds, self._redis)
+        lock.acquire(self.lock_wait_seconds, should_stop)
+        return lock
 
     @contextmanager
     def _redis(self, operation: str) -> Iterator[None]:
@@ -208,23 +249,33 @@ class RedisSessionStore:
         turns: Sequence[Turn],
         request_id: str | None = None,
         outcome: str = "",
+        lock: TurnLock | None = None,
     ) -> list[Turn]:
         """Append ``turns`` atomically (one script), with ``request_id`` and ``outcome`` if
-        given; returns them with indices set, and refreshes the session's TTL.
+        given; returns them with indices set, and refreshes the session's TTL. With ``lock``
+        (from :meth:`lock_turn`), only while it still holds the session.
 
         Raises:
             SessionNotFound: no such session.
             DuplicateRequest: ``request_id`` already names turns of this session.
-            Unavailable: Redis cannot be reached.
+            Unavailable: Redis cannot be reached, or ``lock`` no longer holds the session.
         """
         rows = [_turn_json(t) for t in turns]
-        keys = self.keys(session_id)
-        args: list[str | int] = [self.ttl_seconds, request_id or "", outcome, *rows]
-        start = int(self._call("append", lambda: self._append(keys=list(keys), args=args)))
+        keys = [*self.keys(session_id), self.lock_key(session_id)]
+        if lock is not None and not isinstance(lock, RedisTurnLock):
+            raise TypeError(f"lock must come from this store's lock_turn, not {lock!r}")
+        token = lock.token if lock is not None else b""
+        if lock is not None and not token:
+            raise Unavailable("the turn does not hold its session's lock; retry")
+        args: list[str | int | bytes] = [self.ttl_seconds, request_id or "", outcome, token, *rows]
+        start = int(self._call("append", lambda: self._append(keys=keys, args=args)))
         if start == -1:
             raise SessionNotFound(f"session {session_id} not found")
         if start == -2:
             raise DuplicateRequest("the session already holds turns under this request id")
+        if start == -3:
+            log.warning("turn_lock_lapsed", lease_s=self.lock_seconds, operation="append")
+            raise Unavailable("the turn outlived its session lock; nothing was stored; retry")
         return [
             Turn(t.role, t.text, t.timestamp, t.category, t.action, dict(t.scores), start + i)
             for i, t in enumerate(turns)
@@ -277,7 +328,8 @@ class RedisSessionStore:
         return [_turn_from_json(raw, offset + i) for i, raw in enumerate(rows)]
 
     def delete(self, session_id: str) -> bool:
-        """Erase the session, its turns and its request ids (every key); False if unknown.
+        """Erase the session, its turns, its request ids and its turn lock (every key); False
+        if unknown. A turn running meanwhile then finds no session and stores nothing.
 
         Raises:
             Unavailable: Redis cannot be reached.
@@ -287,7 +339,7 @@ class RedisSessionStore:
         def erase() -> list[Any]:
             with self._client.pipeline(transaction=True) as p:
                 p.delete(info_key)
-                p.delete(turns_key, requests_key)
+                p.delete(turns_key, requests_key, self.lock_key(session_id))
                 return p.execute()
 
         removed_info, _ = self._call("delete", erase)
