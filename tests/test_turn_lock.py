@@ -23,7 +23,9 @@ from companion.sessions import RedisSessionStore, new_session_id
 
 from .fakes import FakeGuard
 
-NEVER = lambda: False  # noqa: E731  # should_stop of a call that is never cancelled
+
+def NEVER() -> bool:  # should_stop of a call that is never cancelled
+    return False
 
 
 def _pair(text: str) -> list[Turn]:

@@ -203,8 +203,7 @@ class Pipeline:
         lock: TurnLock | None,
         started: float,
     ) -> Iterator[StreamEvent]:
-        """The turn itself, from the history read to the append (under ``lock`` when the store
-        is shared): see :meth:`stream`."""
+        """The turn, from its history read to its append (under ``lock``): see :meth:`stream`."""
         session_id = info.id
         history = self.store.history(session_id)
         n = self.config.guard_context_turns
@@ -290,11 +289,7 @@ class Pipeline:
         yield TurnDone(reply, withheld=withheld)
 
     def _release_checked(
-        self,
-        messages: list[ChatMessage],
-        stop: ShouldStop,
-        session_id: str,
-        lock: TurnLock | None = None,
+        self, messages: list[ChatMessage], stop: ShouldStop, session_id: str, lock: TurnLock | None
     ) -> Generator_[TextDelta, None, _Checked]:
         """Generate, and release units only once the output guard has passed the reply so far
         with them. A check that fires holds its units back (a first sentence alone can read as
