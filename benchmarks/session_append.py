@@ -4,7 +4,9 @@ Starts a throwaway ``redis-server`` on a free loopback port (no persistence: ``-
 --appendonly no``, as the tests run it) unless ``--redis-url`` names one, and a SQLite store
 (WAL, ``synchronous=NORMAL``) in a temporary directory. Each round appends one user/assistant
 pair to a session of each store, alternating which goes first, so both see the same machine
-load. Prints p50/p99 per store and the ratios Redis / SQLite.
+load. Prints p50/p99 per store and the ratios Redis / SQLite. The ``redis+lock`` row is what a
+turn on Redis does around its append: take the session's turn lock, append under it, release
+it (three round trips, against one).
 
 Usage:
     python benchmarks/session_append.py [--n 2000] [--sessions 20] [--redis-url URL]
@@ -21,6 +23,7 @@ import statistics
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from companion import Action, Category, Role, SessionInfo, Turn
@@ -90,13 +93,26 @@ def main() -> None:
             for store in stores.values():
                 for sid in sids:
                     store.create(SessionInfo(sid, "en-US", time.time()))
-            times: dict[str, list[float]] = {name: [] for name in stores}
-            order = list(stores)
+            redis_store = stores["redis"]
+            assert isinstance(redis_store, RedisSessionStore)
+
+            def locked_append(sid: str) -> None:
+                lock = redis_store.lock_turn(sid, lambda: False)
+                redis_store.append(sid, pair(), lock=lock)
+                lock.release()
+
+            ops: dict[str, Callable[[str], object]] = {
+                "sqlite": lambda sid: stores["sqlite"].append(sid, pair()),
+                "redis": lambda sid: redis_store.append(sid, pair()),
+                "redis+lock": locked_append,
+            }
+            times: dict[str, list[float]] = {name: [] for name in ops}
+            order = list(ops)
             for i in range(args.warmup + args.n):
                 sid = sids[i % len(sids)]
                 for name in order if i % 2 else order[::-1]:
                     t0 = time.perf_counter()
-                    stores[name].append(sid, pair())
+                    ops[name](sid)
                     elapsed = (time.perf_counter() - t0) * 1000
                     if i >= args.warmup:
                         times[name].append(elapsed)
@@ -110,12 +126,13 @@ def main() -> None:
     print(
         f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
         f"load {os.getloadavg()[0]:.2f}; {args.n} pairs per store over {args.sessions} sessions"
-        f" (~{(args.warmup + args.n) * 2 // args.sessions} turns each at the end)"
+        f" (~{(args.warmup + args.n) * 2 // args.sessions} turns each at the end; the Redis"
+        " sessions twice that, as both Redis rows write to them)"
     )
-    print(f"{'store':8} {'p50 ms':>8} {'p99 ms':>8}")
+    print(f"{'store':10} {'p50 ms':>8} {'p99 ms':>8}")
     stats = {name: (pct(v, 50), pct(v, 99)) for name, v in times.items()}
     for name, (p50, p99) in stats.items():
-        print(f"{name:8} {p50:8.3f} {p99:8.3f}")
+        print(f"{name:10} {p50:8.3f} {p99:8.3f}")
     (r50, r99), (s50, s99) = stats["redis"], stats["sqlite"]
     print(f"redis / sqlite: p50 {r50 / s50:.2f}x, p99 {r99 / s99:.2f}x")
 

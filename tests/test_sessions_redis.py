@@ -4,8 +4,12 @@ tested in test_sessions.py (parametrized over all three)."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 
 import grpc
 import pytest
@@ -288,6 +292,21 @@ def test_from_defaults_builds_a_redis_store_from_the_url(redis_server):
     store.create(SessionInfo(sid, "en-US", time.time()))
     assert store.get(sid) is not None
     store.close()
+
+
+def test_the_append_benchmark_runs_and_prints_every_row():
+    # The README's Scaling figures come from it: it must keep running.
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.run(
+        [sys.executable, str(root / "benchmarks/session_append.py"), "--n", "30", "--warmup", "5"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": str(root / "src")},
+    )
+    assert proc.returncode == 0, proc.stderr
+    rows = [line.split()[0] for line in proc.stdout.splitlines()[2:5]]
+    assert rows == ["sqlite", "redis", "redis+lock"], proc.stdout
 
 
 # --- the gRPC service on Redis -------------------------------------------------------------

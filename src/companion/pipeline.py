@@ -25,6 +25,7 @@ from ._history import (
 from ._logging import get_logger
 from ._release import ReleaseBuffer, release_checked
 from ._requests import outcome_json, reply_from_stored, validate_request_id
+from ._serial import append_turn, kept_while, lock_turn
 from ._timeouts import Stuck, call_within, stream_within
 from ._triage import apply_triage, model_history, triage_state
 from .config import PipelineConfig
@@ -39,7 +40,7 @@ from .errors import (
     Unavailable,
 )
 from .prompts import SYSTEM_PROMPT
-from .protocols import ChatMessage, Generator, SafetyGuard, SessionStore, ShouldStop
+from .protocols import ChatMessage, Generator, SafetyGuard, SessionStore, ShouldStop, TurnLock
 from .resources import ResourceCatalogue
 from .sessions import is_valid_session_id
 from .sessions._limits import session_full
@@ -181,6 +182,10 @@ class Pipeline:
         (:func:`replay_events`) instead of a second turn. A call that raced an earlier one with
         the same id, both running at once, ends with the reply the earlier one stored.
 
+        On a store several processes share (a ``LockingSessionStore``: Redis), the turn holds
+        its session's lock from its history read to its append, so turns of one session never
+        overlap, whichever process runs them (``companion._serial``).
+
         Raises:
             InvalidArgument: empty, oversize or non-text message; malformed session or
                 request id.
@@ -188,7 +193,8 @@ class Pipeline:
             FailedPrecondition: ``request_id`` names a stored turn with another message, or
                 the session holds ``max_turns_per_session`` turns already.
             Cancelled: ``should_stop()`` became true before the turn was stored.
-            Unavailable: the model failed or timed out, or the store failed.
+            Unavailable: the model failed or timed out, or the store failed; another turn held
+                the session's lock too long, or this one lost it (nothing stored).
         """
         started = time.perf_counter()
         info, replay = self._prepare(session_id, text, request_id)
@@ -197,6 +203,29 @@ class Pipeline:
             yield from replay_events(replay)
             return
         stop = should_stop or (lambda: False)
+        lock = lock_turn(self.store, session_id, stop)
+        try:
+            # The lock may have made this wait for its own first try, now stored.
+            if lock is not None and self.stored_reply(session_id, text, request_id) is not None:
+                lock.release()
+                yield from self._replay_raced(session_id, text, request_id)
+                return
+            yield from self._locked_turn(info, text, stop, request_id, lock, started)
+        finally:
+            if lock is not None:
+                lock.release()
+
+    def _locked_turn(
+        self,
+        info: SessionInfo,
+        text: str,
+        stop: ShouldStop,
+        request_id: str | None,
+        lock: TurnLock | None,
+        started: float,
+    ) -> Iterator[StreamEvent]:
+        """The turn, from its history read to its append (under ``lock``): see :meth:`stream`."""
+        session_id = info.id
         cfg = self.config
         # The newest turns only: what the checks need, or the first read for the model's window.
         need = max(FIRST_READ, checks_need(cfg.guard_context_turns, cfg.check_in_quiet_turns))
@@ -205,13 +234,14 @@ class Pipeline:
         n = cfg.guard_context_turns
         user_context = [t.text for t in history if t.role is Role.USER][-n:] if n else []
         state = triage_state(history, self.config.check_in_quiet_turns)
-        timings: dict[str, float] = {}
+        timings: dict[str, float] = {} if lock is None else {"lock_wait_ms": lock.waited_ms}
 
         t0 = time.perf_counter()
         verdict_in = self._check(text, Role.USER, user_context, state.check_in)
         verdict_in, held_back = apply_triage(verdict_in, state)
         timings["input_guard_ms"] = _ms(t0)
         verdict_out: Verdict | None = None
+        context_turns: int | None = None  # stored turns in the model's prompt
         pending: list[str] = []  # units passed by the final check, sent after the commit
         if full:  # no room to store the turn: only a message the guard acts on is answered
             yield self._unstored_fixed_reply(session_id, verdict_in, info.locale)
@@ -230,8 +260,9 @@ class Pipeline:
                 self.generator.count_tokens,
                 budget,
             )
+            context_turns = len(messages) - 2
             out = yield from release_checked(
-                self._generate(messages, stop, session_id),
+                kept_while(self._generate(messages, stop, session_id), lock),
                 lambda reply: self._check(reply, Role.ASSISTANT, []),
                 stop,
                 ReleaseBuffer(cfg.release_min_clause_chars, cfg.release_max_chars),
@@ -258,8 +289,8 @@ class Pipeline:
         ]
         outcome = outcome_json(reply) if request_id is not None else ""
         try:
-            _, stored = self.store.append(
-                session_id, pair, request_id, outcome, max_turns=cfg.max_turns_per_session
+            _, stored = append_turn(
+                self.store, session_id, pair, request_id, outcome, lock, cfg.max_turns_per_session
             )
         except DuplicateRequest:  # an earlier call with this id stored its turn meanwhile
             yield from self._replay_raced(session_id, text, request_id)
@@ -281,6 +312,7 @@ class Pipeline:
             message_chars=len(text),
             reply_chars=len(reply_text),
             history_read=len(history),
+            context_turns=context_turns,
             total_ms=_ms(started),
             **timings,
         )

@@ -15,9 +15,11 @@ __all__ = [
     "ChatMessage",
     "Encoder",
     "Generator",
+    "LockingSessionStore",
     "SafetyGuard",
     "SessionStore",
     "ShouldStop",
+    "TurnLock",
 ]
 
 ChatMessage = dict[str, str]
@@ -155,4 +157,61 @@ class SessionStore(Protocol):
 
     def close(self) -> None:
         """Release the store's resources."""
+        ...
+
+
+@runtime_checkable
+class TurnLock(Protocol):
+    """One turn's exclusive, expiring hold on its session (see :class:`LockingSessionStore`).
+
+    Attributes:
+        waited_ms: How long the turn waited for it.
+    """
+
+    waited_ms: float
+
+    def keep(self) -> None:
+        """Renew the hold; cheap enough to call for every generated token.
+
+        Raises:
+            Unavailable: the hold was lost (its lease lapsed); the turn must not be stored.
+        """
+        ...
+
+    def release(self) -> None:
+        """Give the session back; a no-op once released. Never raises."""
+        ...
+
+
+@runtime_checkable
+class LockingSessionStore(SessionStore, Protocol):
+    """A store several server processes share, whose turns must not overlap.
+
+    The pipeline takes the session's lock before it reads the history, keeps it while it
+    generates, appends with it and releases it, so each turn's prompt holds every turn stored
+    before it, whichever process ran them. A store used by one process needs none of this:
+    the server runs its turns one at a time.
+    """
+
+    def lock_turn(self, session_id: str, should_stop: ShouldStop) -> TurnLock:
+        """Wait for and take the session's turn lock.
+
+        Raises:
+            Unavailable: it stayed taken too long, or the store cannot be reached.
+            Cancelled: ``should_stop()`` became true while waiting.
+        """
+        ...
+
+    def append(
+        self,
+        session_id: str,
+        turns: Sequence[Turn],
+        request_id: str | None = None,
+        outcome: str = "",
+        lock: TurnLock | None = None,
+        *,
+        max_turns: int | None = None,
+    ) -> list[Turn]:
+        """:meth:`SessionStore.append`, refused (``Unavailable``, nothing written) when
+        ``lock`` no longer holds the session."""
         ...

@@ -74,6 +74,8 @@ def make_store(settings: ServerSettings) -> SessionStore | Literal["sqlite", "me
             ttl_seconds=settings.session_max_age_seconds,
             connect_timeout=settings.redis_connect_timeout,
             timeout=settings.redis_timeout,
+            lock_seconds=settings.redis_lock_seconds,
+            lock_wait_seconds=settings.redis_lock_wait_seconds,
         )
     return settings.session_store
 

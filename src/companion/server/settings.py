@@ -147,6 +147,15 @@ class ServerSettings(BaseSettings):
     redis_timeout: float = Field(
         default=2.0, gt=0, description="seconds to wait for each Redis reply"
     )
+    redis_lock_seconds: float = Field(
+        default=10.0,
+        gt=0,
+        description="lease of a turn's session lock, renewed while the turn runs: how long a"
+        " replica that died mid-turn keeps its session locked",
+    )
+    redis_lock_wait_seconds: float = Field(
+        default=30.0, gt=0, description="how long a turn waits for another turn of its session"
+    )
     model: str | None = Field(default=None, description="base model; None: embedded")
     adapter: str | None = Field(
         default="shipped",

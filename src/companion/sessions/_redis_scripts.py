@@ -6,29 +6,33 @@ from __future__ import annotations
 __all__ = ["APPEND", "RESERVE"]
 
 # KEYS[1] the session's info, KEYS[2] its turns (a list: a turn's index is its position), KEYS[3]
-# its request ids (a hash: request id -> "<first index> <count> <outcome>"). ARGV[1] the TTL in
-# seconds (for a session key that has none), ARGV[2] the request id or "", ARGV[3] the outcome,
-# ARGV[4] the most turns the session may hold (-1: no limit), ARGV[5..] the turns as JSON.
+# its request ids (a hash: request id -> "<first index> <count> <outcome>"), KEYS[4] its turn
+# lock. ARGV[1] the TTL in seconds (for a session key that has none), ARGV[2] the request id or
+# "", ARGV[3] the outcome, ARGV[4] the most turns the session may hold (-1: no limit), ARGV[5]
+# the turn lock's owner token or "", ARGV[6..] the turns as JSON.
 # Indexes never collide, a pair stays adjacent and a request id is stored once. The turns and
 # request ids expire with the session's info: the session's age counts from its creation, and a
 # turn does not extend it. Returns the first new index, -1 for no such session, -2 for a request
-# id the session already holds, -3 for a session that would pass its turn limit (nothing
-# written for any of them).
+# id the session already holds, -3 for a session that would pass its turn limit, -4 for a token
+# that no longer holds the lock (its lease lapsed); nothing is written for any of them.
 APPEND = """
 if redis.call('EXISTS', KEYS[1]) == 0 then
   return -1
+end
+if ARGV[5] ~= '' and redis.call('GET', KEYS[4]) ~= ARGV[5] then
+  return -4
 end
 if ARGV[2] ~= '' and redis.call('HEXISTS', KEYS[3], ARGV[2]) == 1 then
   return -2
 end
 local start = redis.call('LLEN', KEYS[2])
-local adding = #ARGV - 4
+local adding = #ARGV - 5
 local limit = tonumber(ARGV[4])
 if limit >= 0 and start + adding > limit then
   return -3
 end
 if adding > 0 then
-  redis.call('RPUSH', KEYS[2], unpack(ARGV, 5))
+  redis.call('RPUSH', KEYS[2], unpack(ARGV, 6))
 end
 if ARGV[2] ~= '' then
   redis.call('HSET', KEYS[3], ARGV[2], start .. ' ' .. adding .. ' ' .. ARGV[3])

@@ -10,8 +10,10 @@ from urllib.parse import urlsplit
 
 from .._logging import get_logger
 from ..errors import DuplicateRequest, SessionNotFound, Unavailable
+from ..protocols import ShouldStop, TurnLock
 from ..types import Action, Category, Role, SessionInfo, StoredRequest, Turn
 from ._limits import owner_full, session_full
+from ._lock import RedisTurnLock
 from ._redis_scripts import APPEND, RESERVE
 
 if TYPE_CHECKING:
@@ -55,7 +57,13 @@ class RedisSessionStore:
     it. :meth:`delete` removes all of them. Each owner (API key) has one more key,
     ``<prefix>owner:{<owner>}``, a sorted set of its sessions' ids by creation time, for the
     sessions-per-owner quota; a deleted or purged session leaves it at once, an expired one
-    at the owner's next create or the next :meth:`purge_expired`.
+    at the owner's next create or the next :meth:`purge_expired`. While a turn runs there is
+    one more, ``<prefix>lock:{<id>}``.
+
+    Turns of one session run one at a time across every process on the store: the pipeline
+    holds the session's turn lock (:meth:`lock_turn`, a lease of ``lock_seconds`` with an
+    owner token, renewed as the turn generates) from its history read to its append, and the
+    append checks the token (``companion.sessions._lock`` says why and how).
 
     A Redis that is down, refuses the connection or does not answer within the timeouts raises
     :class:`~companion.errors.Unavailable` (the service's UNAVAILABLE). Nothing is retried: an
@@ -70,12 +78,15 @@ class RedisSessionStore:
         connect_timeout: Seconds to wait for a connection.
         timeout: Seconds to wait for each reply.
         prefix: Prepended to every key.
+        lock_seconds: Lease of a turn's session lock: how long a replica that died mid-turn
+            holds its session (renewed while a turn runs).
+        lock_wait_seconds: How long a turn waits for another turn of its session.
         client: A ready ``redis.Redis`` client to use instead of one made from ``url`` (it
             must decode responses); the store closes it.
 
     Raises:
         ImportError: the ``redis`` package is missing (``pip install 'companion[redis]'``).
-        ValueError: a TTL or timeout that is not positive.
+        ValueError: a TTL, timeout or lock time that is not positive.
     """
 
     def __init__(
@@ -86,11 +97,18 @@ class RedisSessionStore:
         connect_timeout: float = 2.0,
         timeout: float = 2.0,
         prefix: str = "companion:",
+        lock_seconds: float = 10.0,
+        lock_wait_seconds: float = 30.0,
         client: redis.Redis | None = None,
     ) -> None:
         if not (isinstance(ttl_seconds, int) and ttl_seconds >= 1):
             raise ValueError(f"ttl_seconds={ttl_seconds!r}: must be a whole number >= 1")
-        for name, value in (("connect_timeout", connect_timeout), ("timeout", timeout)):
+        for name, value in (
+            ("connect_timeout", connect_timeout),
+            ("timeout", timeout),
+            ("lock_seconds", lock_seconds),
+            ("lock_wait_seconds", lock_wait_seconds),
+        ):
             if not value > 0:
                 raise ValueError(f"{name}={value!r}: must be > 0 seconds")
         try:
@@ -108,6 +126,7 @@ class RedisSessionStore:
         self.url = _describe_url(url)
         self.ttl_seconds = ttl_seconds
         self.prefix = prefix
+        self.lock_seconds, self.lock_wait_seconds = lock_seconds, lock_wait_seconds
         self._client: redis.Redis = client or redis.Redis.from_url(
             url,
             decode_responses=True,
@@ -133,6 +152,24 @@ class RedisSessionStore:
             f"{self.prefix}turns:{{{session_id}}}",
             f"{self.prefix}requests:{{{session_id}}}",
         )
+
+    def lock_key(self, session_id: str) -> str:
+        """The key of the session's turn lock (present only while a turn runs)."""
+        return f"{self.prefix}lock:{{{session_id}}}"
+
+    def lock_turn(self, session_id: str, should_stop: ShouldStop) -> RedisTurnLock:
+        """Take the session's turn lock, for one turn: pass it to :meth:`append`, then
+        release it (it is a context manager too).
+
+        Raises:
+            Unavailable: another turn held it for ``lock_wait_seconds``, or Redis cannot be
+                reached.
+            Cancelled: ``should_stop()`` became true while waiting.
+        """
+        key = self.lock_key(session_id)
+        lock = RedisTurnLock(self._client, key, self.lock_seconds, self._redis)
+        lock.acquire(self.lock_wait_seconds, should_stop)
+        return lock
 
     @contextmanager
     def _redis(self, operation: str) -> Iterator[None]:
@@ -213,29 +250,46 @@ class RedisSessionStore:
         turns: Sequence[Turn],
         request_id: str | None = None,
         outcome: str = "",
+        lock: TurnLock | None = None,
         *,
         max_turns: int | None = None,
     ) -> list[Turn]:
         """Append ``turns`` atomically (one script), with ``request_id`` and ``outcome`` if
-        given; returns them with indices set. They expire with the session.
+        given; returns them with indices set. They expire with the session. With ``lock``
+        (from :meth:`lock_turn`), only while it still holds the session.
 
         Raises:
             SessionNotFound: no such session.
             DuplicateRequest: ``request_id`` already names turns of this session.
             FailedPrecondition: the session would hold more than ``max_turns`` turns.
-            Unavailable: Redis cannot be reached.
+            Unavailable: Redis cannot be reached, or ``lock`` no longer holds the session.
         """
         rows = [_turn_json(t) for t in turns]
-        keys = self.keys(session_id)
+        keys = [*self.keys(session_id), self.lock_key(session_id)]
+        if lock is not None and not isinstance(lock, RedisTurnLock):
+            raise TypeError(f"lock must come from this store's lock_turn, not {lock!r}")
+        token = lock.token if lock is not None else b""
+        if lock is not None and not token:
+            raise Unavailable("the turn does not hold its session's lock; retry")
         limit = -1 if max_turns is None else max_turns
-        args: list[str | int] = [self.ttl_seconds, request_id or "", outcome, limit, *rows]
-        start = int(self._call("append", lambda: self._append(keys=list(keys), args=args)))
+        args: list[str | int | bytes] = [
+            self.ttl_seconds,
+            request_id or "",
+            outcome,
+            limit,
+            token,
+            *rows,
+        ]
+        start = int(self._call("append", lambda: self._append(keys=keys, args=args)))
         if start == -1:
             raise SessionNotFound(f"session {session_id} not found")
         if start == -2:
             raise DuplicateRequest("the session already holds turns under this request id")
         if start == -3:
             raise session_full(limit)
+        if start == -4:
+            log.warning("turn_lock_lapsed", lease_s=self.lock_seconds, operation="append")
+            raise Unavailable("the turn outlived its session lock; nothing was stored; retry")
         return [
             Turn(t.role, t.text, t.timestamp, t.category, t.action, dict(t.scores), start + i)
             for i, t in enumerate(turns)
@@ -312,8 +366,8 @@ class RedisSessionStore:
         return [_turn_from_json(raw, first + i) for i, raw in enumerate(rows)]
 
     def delete(self, session_id: str) -> bool:
-        """Erase the session, its turns and its request ids (every key, and its entry in its
-        owner's set); False if unknown.
+        """Erase the session, its turns and its request ids (every key, its turn lock and its
+        entry in its owner's set); False if unknown.
 
         Raises:
             Unavailable: Redis cannot be reached.
@@ -325,7 +379,7 @@ class RedisSessionStore:
         def erase() -> list[Any]:
             with self._client.pipeline(transaction=True) as p:
                 p.delete(info_key)
-                p.delete(turns_key, requests_key)
+                p.delete(turns_key, requests_key, self.lock_key(session_id))
                 if owner is not None:
                     p.zrem(self.owner_key(owner), session_id)
                 return p.execute()
