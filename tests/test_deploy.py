@@ -342,6 +342,21 @@ def test_compose_env_names_are_settings_and_values_validate():
     assert s.api_keys == ()
 
 
+def test_compose_generator_openai_points_at_the_vllm_service():
+    services = _compose()["services"]
+    env = {k: _interpolate(str(v)) for k, v in services["companion"]["environment"].items()}
+    s = ServerSettings.from_env({**env, "COMPANION_GENERATOR": "openai"})
+    assert s.generator == "openai" and s.openai_repetition_penalty
+    assert s.openai_base_url == "http://vllm:8000/v1"  # the compose service and its port
+    vllm = services["vllm"]["command"]
+    assert vllm[vllm.index("--served-model-name") + 1] == s.openai_model
+    assert vllm[vllm.index("--port") + 1] == "8000"
+    assert services["companion"]["depends_on"]["vllm"] == {
+        "condition": "service_healthy",
+        "required": False,
+    }
+
+
 # --- Dockerfile ----------------------------------------------------------------------------
 
 

@@ -108,6 +108,7 @@ class Companion:
         redis_url: str | None = None,
         config: PipelineConfig | None = None,
         device: str | None = None,
+        generator: Generator | None = None,
     ) -> Companion:
         """Build a companion on the embedded models (or the ones named).
 
@@ -130,6 +131,10 @@ class Companion:
                 ``redis://127.0.0.1:6379/0``.
             config: Limits and decoding settings.
             device: ``"cpu"``, ``"cuda"``...; ``None`` picks CUDA when available.
+            generator: A generator to answer with instead of the local model, e.g. a
+                :class:`~companion.models.OpenAIChatGenerator`; the local model is then not
+                loaded (``model``, ``adapter``, ``merge_adapter`` and ``device`` go unused),
+                the guard still is.
 
         Raises:
             ModelLoadError: a model, adapter or package is missing.
@@ -139,8 +144,12 @@ class Companion:
 
         store = _make_store(session_store, db_path, redis_url)
         guard = SafetyClassifier.from_defaults(load_encoder(encoder))
-        lm, tokenizer = load_causal_lm(model, adapter, merge_adapter=merge_adapter, device=device)
-        return cls(guard, HFGenerator(lm, tokenizer), store, config=config)
+        if generator is None:
+            lm, tokenizer = load_causal_lm(
+                model, adapter, merge_adapter=merge_adapter, device=device
+            )
+            generator = HFGenerator(lm, tokenizer)
+        return cls(guard, generator, store, config=config)
 
     @property
     def store(self) -> SessionStore:

@@ -122,3 +122,7 @@ def configure_logging(level: str = "info", json: bool | None = None) -> None:
     # Third-party progress bars and warnings are noise in a chat terminal and in service logs.
     logging.getLogger("transformers").setLevel(logging.ERROR)
     logging.getLogger("sentence_transformers").setLevel(logging.ERROR)
+    # The remote generator's HTTP client logs a line per request (and, at debug, every
+    # connection step); the generator logs what matters itself, without text or keys.
+    for name in ("openai", "httpx", "httpx2", "httpcore", "httpcore2"):
+        logging.getLogger(name).setLevel(logging.WARNING)

@@ -24,10 +24,12 @@ from .._logging import get_logger
 from .._proto.companion.v1 import companion_pb2 as pb
 from .._proto.companion.v1 import companion_pb2_grpc as pb_grpc
 from ..config import GenerationConfig
+from ..errors import Unavailable
 from ..protocols import SessionStore
 from ..sessions import RedisSessionStore
 from ._access import AccessControl
 from ._admission import GenerationQueue
+from ._remote import make_generator
 from ._retention import PurgeTask
 from ._transport import exposure_problem, is_loopback, missing_protection, server_credentials
 from .interceptors import ServiceInterceptor
@@ -35,7 +37,15 @@ from .metrics import Metrics
 from .servicer import CompanionServicer
 from .settings import ServerSettings
 
-__all__ = ["SERVICE_NAME", "CompanionServer", "load_companion", "make_store", "serve", "warm_up"]
+__all__ = [
+    "SERVICE_NAME",
+    "CompanionServer",
+    "load_companion",
+    "make_generator",
+    "make_store",
+    "serve",
+    "warm_up",
+]
 
 log = get_logger("companion.server")
 
@@ -46,10 +56,14 @@ MAX_RECEIVE_BYTES = 64 * 1024
 
 CompanionFactory = Callable[[ServerSettings], Companion]
 
+# A remote generator that is not up yet is tried again after 1 s, doubling to 30 s.
+_WARMUP_RETRY_S, _WARMUP_RETRY_MAX_S = 1.0, 30.0
+
 
 def load_companion(settings: ServerSettings) -> Companion:
     """The library facade these settings describe (embedded models unless named), with torch's
-    threads set first (``settings.torch_threads``)."""
+    threads set first (``settings.torch_threads``). With ``generator = "openai"`` the local
+    model is not loaded; the guard is."""
     from ..models._threads import set_torch_threads
 
     threads = set_torch_threads(settings.torch_threads)
@@ -62,6 +76,7 @@ def load_companion(settings: ServerSettings) -> Companion:
         db_path=settings.db_path,
         config=settings.pipeline_config(),
         device=settings.device,
+        generator=make_generator(settings),
     )
 
 
@@ -89,6 +104,21 @@ def warm_up(companion: Companion) -> None:
         messages, GenerationConfig(max_new_tokens=2, do_sample=False)
     ):
         pass
+
+
+async def _warm_up_when_reachable(companion: Companion) -> None:
+    """:func:`warm_up`, again and again while the generator is :class:`Unavailable` (a remote
+    engine still starting, or down): health stays NOT_SERVING until it answers. Any other
+    error ends the load."""
+    delay = _WARMUP_RETRY_S
+    while True:
+        try:
+            await asyncio.to_thread(warm_up, companion)
+            return
+        except Unavailable as exc:
+            log.warning("warmup_waiting", error=str(exc), retry_in_s=delay)
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, _WARMUP_RETRY_MAX_S)
 
 
 def _bind(server: aio.Server, address: str, credentials: Any = None) -> int:
@@ -232,7 +262,7 @@ class CompanionServer:
                 companion = await asyncio.to_thread(self._factory, self.settings)
                 self._companion = companion
             if self.settings.warmup:
-                await asyncio.to_thread(warm_up, companion)
+                await _warm_up_when_reachable(companion)
         except Exception as exc:
             log.error("model_load_failed", error=type(exc).__name__, detail=str(exc))
             raise

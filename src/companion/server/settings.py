@@ -28,6 +28,7 @@ from pydantic_settings import (
 
 from ..config import GenerationConfig, PipelineConfig
 from ..sessions.redis import DEFAULT_REDIS_URL, DEFAULT_TTL_SECONDS
+from ._generator_settings import GeneratorSettings
 
 __all__ = ["ServerSettings"]
 
@@ -37,8 +38,11 @@ _OPTIONAL_PATHS = ("db_path", "model", "adapter", "encoder", "device", *_TLS_FIL
 _OFF = ("", "none", "off")
 
 
-class ServerSettings(BaseSettings):
+class ServerSettings(GeneratorSettings):
     """Everything ``companion serve`` needs, validated at construction.
+
+    The generator fields (``generator``, ``openai_*``) come from
+    :class:`~companion.server._generator_settings.GeneratorSettings`.
 
     Each field is also read from ``COMPANION_<FIELD>`` (upper case) by :meth:`from_env`, e.g.
     ``COMPANION_PORT``; ``COMPANION_API_KEYS`` is a comma-separated list and
