@@ -54,7 +54,7 @@ def test_version_prints_the_package_version(capsys):
 
 def test_chat_and_serve_share_one_reply_length_default():
     args = build_parser().parse_args(["chat"])
-    assert args.max_new_tokens == ServerSettings().max_new_tokens == 200
+    assert args.max_new_tokens == ServerSettings().max_new_tokens == 120
     chat_help = _run("chat", "--help").stdout
     assert "--max-new-tokens" in chat_help and "reply length cap in tokens" in chat_help
 

@@ -13,7 +13,7 @@ def test_defaults_listen_locally():
     s = ServerSettings()
     assert s.address == "127.0.0.1:50051" and s.api_keys == () and s.metrics_port == 9464
     assert s.pipeline_config().max_message_chars == 4000
-    assert s.log_level == "info" and s.max_new_tokens == 200
+    assert s.log_level == "info" and s.max_new_tokens == 120
 
 
 def test_env_overrides_file(tmp_path):
