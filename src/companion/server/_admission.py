@@ -164,7 +164,10 @@ class GenerationQueue:
                 self._count(method, "deadline_passed", fields)
                 raise DeadlineExceeded(_DEADLINE) from None
             if isinstance(exc, asyncio.CancelledError):
-                self._count(method, "client_gone", fields)
+                # gRPC also cancels a call whose deadline passed: that is not a client gone
+                left = context.time_remaining()
+                passed = left is not None and left <= 0
+                self._count(method, "deadline_passed" if passed else "client_gone", fields)
             raise
         finally:
             self._forget_done()
