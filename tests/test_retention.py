@@ -386,10 +386,7 @@ def test_server_settings_set_retention_and_quotas_and_redis_follows_them(redis_s
     store = make_store(redis_settings)
     assert isinstance(store, RedisSessionStore) and store.ttl_seconds == 3600
     store.close()
-    # The old Redis-only name still sets the one retention every store follows.
-    old = ServerSettings.from_env({"COMPANION_REDIS_TTL_SECONDS": "7200"})
-    assert old.session_max_age_seconds == 7200 and old.redis_ttl_seconds is None
-    assert old.replace(session_max_age_seconds=60).session_max_age_seconds == 60
+    assert ServerSettings().replace(session_max_age_seconds=60).session_max_age_seconds == 60
     defaults = ServerSettings().pipeline_config()
     assert defaults.max_session_age_seconds == 30 * 24 * 3600
     assert (defaults.max_turns_per_session, defaults.max_sessions_per_owner) == (2000, 10_000)

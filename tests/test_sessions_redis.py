@@ -277,7 +277,11 @@ def test_settings_hide_and_check_the_url():
     assert str(bad.value) == (
         "redis_url (COMPANION_REDIS_URL): must start with redis://, rediss:// or unix://"
     )
-    for field, value in (("redis_ttl_seconds", 0), ("redis_timeout", 0), ("redis_timeout", -1)):
+    for field, value in (
+        ("session_max_age_seconds", 0),
+        ("redis_timeout", 0),
+        ("redis_timeout", -1),
+    ):
         with pytest.raises(ValueError, match=field):
             ServerSettings(**{field: value})
 

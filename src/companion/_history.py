@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 
 from ._triage import model_history
 from .protocols import ChatMessage, SessionStore
+from .sessions._limits import turns_over
 from .types import Turn
 
 __all__ = [
@@ -42,8 +43,7 @@ def session_is_full(newest: Sequence[Turn], limit: int | None) -> bool:
     """Whether a session whose newest turns are ``newest`` (with their indexes, oldest first)
     has no room for one more exchange under ``limit`` (``max_turns_per_session``; ``None``: no
     limit). The store refuses such an append again, atomically."""
-    held = newest[-1].index + 1 if newest else 0
-    return limit is not None and held + 2 > limit
+    return turns_over(newest[-1].index + 1 if newest else 0, 2, limit)
 
 
 def fits_window(

@@ -125,11 +125,6 @@ class ServerSettings(GeneratorSettings):
         description="retention: a session and all its turns are erased this long after it was"
         " created (30 days), by the purge task (SQLite, memory) or as its Redis keys expire",
     )
-    redis_ttl_seconds: int | None = Field(
-        default=None,
-        ge=1,
-        description="deprecated name of session_max_age_seconds; when given, it sets it",
-    )
     purge_interval_seconds: float = Field(
         default=600.0, gt=0, description="how often the server erases expired sessions"
     )
@@ -234,17 +229,6 @@ class ServerSettings(GeneratorSettings):
         if any(len(k) < 16 for k in value):
             raise ValueError("every key must be a string of at least 16 characters")
         return value
-
-    @model_validator(mode="before")
-    @classmethod
-    def _renamed(cls, data: Any) -> Any:
-        # redis_ttl_seconds was the only retention setting, for Redis alone; it now sets the
-        # one every store follows. A file or variable that still names it keeps its meaning.
-        # A bad value stays where it is, so that its error names the setting it came as.
-        old = data.get("redis_ttl_seconds") if isinstance(data, dict) else None
-        if old is not None and str(old).strip().isdigit() and int(str(old)) >= 1:
-            data = {**data, "session_max_age_seconds": int(str(old)), "redis_ttl_seconds": None}
-        return data
 
     @field_validator(
         "metrics_port",

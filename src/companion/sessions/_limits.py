@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ..errors import FailedPrecondition, ResourceExhausted
 
-__all__ = ["owner_full", "refuse_owner", "refuse_turns", "session_full"]
+__all__ = ["owner_full", "refuse_owner", "refuse_turns", "session_full", "turns_over"]
 
 
 def owner_full(limit: int) -> ResourceExhausted:
@@ -28,8 +28,13 @@ def refuse_owner(held: int, limit: int | None) -> None:
         raise owner_full(limit)
 
 
+def turns_over(held: int, adding: int, limit: int | None) -> bool:
+    """Whether a session holding ``held`` turns may not take ``adding`` more under ``limit``
+    (``None``: no limit)."""
+    return limit is not None and held + adding > limit
+
+
 def refuse_turns(held: int, adding: int, limit: int | None) -> None:
-    """Raise :func:`session_full` when a session holding ``held`` turns may not take
-    ``adding`` more."""
-    if limit is not None and held + adding > limit:
-        raise session_full(limit)
+    """Raise :func:`session_full` when :func:`turns_over`."""
+    if turns_over(held, adding, limit):
+        raise session_full(limit or 0)
