@@ -3,37 +3,49 @@
 Reads ``{run_dir}/cross/`` from ``train_cross.py``. The rule was written in the classifier card
 ("Round 10 rule") before any of these numbers:
 
-1. the epoch with the highest validation risk AUPRC (``val_logits_e*.npz``);
+1. the epoch with the highest validation risk AUPRC (``val_logits_e*.npz``), unless ``--epoch``
+   names one;
 2. a temperature fitted by validation log-loss over the four classes;
 3. the medical threshold: the highest that keeps ``--medical_recall`` of the distinct clean
    medical messages;
 4. the crisis threshold: the highest that redirects ``--crisis_redirect`` of the distinct clean
    crisis messages at once;
-5. the risk (check-in) threshold: the highest at which ``--catch_rate`` of the distinct clean
-   crisis and check-in messages are caught (redirected as crisis or checked in; a medical
-   redirect does not count, as in ``evaluate_conversations.py``).
+5. the risk (check-in) threshold: the highest at which, in the turn-by-turn replay of the
+   validation conversations (``evaluate_conversations.py``, check-in state included), three
+   floors hold (the "Round 12 rule"): ``--catch_rate`` of the distinct clean crisis and check-in
+   messages caught (redirected as crisis or checked in; a medical redirect does not count),
+   ``--first_turn`` of the risk conversations caught at the turn risk first appears, and
+   ``--within_one`` caught at most one turn late. The search walks down from the catch-rate
+   threshold in steps of 3%.
 
 Replies keep the reply side of the artifact ``--reply_artifact`` (default: the shipped one):
 its head's assistant weights, its encoder adapter and its assistant thresholds. Writes
 ``{run_dir}/artifact_cross/`` (``--install`` copies it over the shipped artifact).
 
+``--second runs/x1/lm_reader/adapter_e1`` calibrates the cascade (candidate K): the LM reader
+of ``train_lm_reader.py`` gets its own temperature, and on the validation rows where the
+cross-encoder's risk lies in ``--band`` the two models' probabilities are averaged, as
+``companion.safety.lm_reader.CascadeReader`` does at run time; then the same steps.
+
 Usage:
-    python safety/calibrate_cross.py --run_dir runs/x1 [--version 5.0] [--install]
+    python safety/calibrate_cross.py --run_dir runs/x1 [--version 5.0] [--epoch N]
+        [--second DIR] [--install]
 """
 
 from __future__ import annotations
 
 import json
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
-from _common import DEFAULT_RUN_DIR, banner, parse_args
+from _common import DEFAULT_RUN_DIR, banner, parse_args, read_jsonl
 from calibrate import _USER_RISK, CLEAN, INSTALL_DIR, per_message_min, recall_threshold
 from train_cross import user_rows, val_summary
 
-from companion.safety import Policy, load_artifact
+from companion.safety import Policy, SafetyClassifier, load_artifact
 from companion.safety.artifact import encoder_adapter_dir
 from companion.safety.cross import CLASSES
 from companion.types import Role
@@ -42,10 +54,17 @@ from companion.types import Role
 @dataclass
 class Args:
     run_dir: str = field(default=DEFAULT_RUN_DIR, metadata={"help": "folder of train_cross.py"})
+    epoch: int = field(default=0, metadata={"help": "epoch to use (0: best validation AUPRC)"})
     version: str = field(default="5.0", metadata={"help": "policy version (data hash appended)"})
-    catch_rate: float = field(default=0.971, metadata={"help": "crisis + check-in caught"})
+    catch_rate: float = field(default=0.881, metadata={"help": "crisis + check-in caught"})
+    first_turn: float = field(default=0.90, metadata={"help": "risk conversations, first turn"})
+    within_one: float = field(default=0.95, metadata={"help": "... at most one turn late"})
     crisis_redirect: float = field(default=0.95, metadata={"help": "crisis redirected at once"})
     medical_recall: float = field(default=0.95, metadata={"help": "medical recall floor"})
+    second: str = field(
+        default="", metadata={"help": "cascade: train_lm_reader.py's adapter_eN folder"}
+    )
+    band: str = field(default="0.01,0.9", metadata={"help": "cascade: [low, high) of X's risk"})
     reply_artifact: str = field(default="", metadata={"help": "reply side (empty: shipped)"})
     exclude: str = field(default="cssrs", metadata={"help": "as train_cross.py"})
     install: bool = field(default=False, metadata={"help": "copy over the shipped artifact"})
@@ -74,6 +93,56 @@ def fit_temperature(logits: np.ndarray, y: np.ndarray) -> float:
     return float(np.exp((lo + hi) / 2))
 
 
+class Memo:
+    """A user reader whose probabilities are remembered per text pair (the replay search asks
+    for the same pairs at every threshold)."""
+
+    def __init__(self, reader: Any) -> None:
+        self.reader = reader
+        self.seen: dict[tuple[str, str], np.ndarray] = {}
+
+    def probabilities(self, pairs: list[tuple[str, str]]) -> np.ndarray:
+        new = list(dict.fromkeys(p for p in pairs if p not in self.seen))
+        if new:
+            for pair, row in zip(new, self.reader.probabilities(new), strict=True):
+                self.seen[pair] = row
+        return np.stack([self.seen[p] for p in pairs]) if pairs else np.zeros((0, len(CLASSES)))
+
+
+def replay_floors(clf: Any, rows: list[dict[str, Any]]) -> dict[str, float]:
+    """The replay's conversation figures at ``clf``'s thresholds."""
+    from evaluate_conversations import Args as ReplayArgs
+    from evaluate_conversations import replay
+
+    stats, _ = replay(clf, rows, ReplayArgs())
+    return {k: float(np.mean([v for v, _ in pairs])) for k, pairs in stats.items()}
+
+
+def search_risk(
+    clf: Any, policy: Policy, start: float, rows: list[dict[str, Any]], args: Args
+) -> tuple[float, dict[str, float]]:
+    """The highest risk threshold at or below ``start`` (3% steps) at which the replay meets
+    ``--first_turn`` and ``--within_one``; ``clf.policy`` is left at it."""
+    t = start
+    while True:
+        user = {**policy.thresholds["user"], "risk": round(t, 6)}
+        clf.policy = replace(policy, thresholds={**policy.thresholds, "user": user})
+        figures = replay_floors(clf, rows)
+        ok = (
+            figures["risk_caught_at_first"] >= args.first_turn
+            and figures["risk_caught_within_one"] >= args.within_one
+        )
+        print(
+            f"  risk {t:.5f}: first turn {figures['risk_caught_at_first']:.3f}, within one "
+            f"{figures['risk_caught_within_one']:.3f}, benign interrupted "
+            f"{figures['benign_interrupted']:.3f}" + ("  <- chosen" if ok else ""),
+            flush=True,
+        )
+        if ok or t < 1e-5:
+            return round(t, 6), figures
+        t *= 0.97
+
+
 def main(args: Args) -> None:
     run = Path(args.run_dir)
     cross = run / "cross"
@@ -87,12 +156,24 @@ def main(args: Args) -> None:
         print(f"  epoch {e}: {summary}")
         if summary["risk"] > best_ap:
             best, best_ap = e, summary["risk"]
+    best = args.epoch or best
     logits = np.load(cross / f"val_logits_e{best}.npz")["logits"]
     if len(logits) != len(val):
         raise SystemExit(f"{len(logits)} logits for {len(val)} validation rows: rerun training")
     y = np.array([CLASSES.index(r["label"]) for r in val])
     temperature = fit_temperature(logits, y)
     p = softmax(logits / temperature)
+    second_t, band = 1.0, tuple(float(x) for x in args.band.split(","))
+    if args.second:  # the cascade: the LM reader's probabilities averaged in X's band
+        folder = Path(args.second)
+        second = np.load(folder.parent / f"val_logits_{folder.name.split('_')[-1]}.npz")["logits"]
+        second_t = fit_temperature(second, y)
+        inside = (p[:, 1] + p[:, 2] >= band[0]) & (p[:, 1] + p[:, 2] < band[1])
+        p[inside] = (p[inside] + softmax(second / second_t)[inside]) / 2
+        print(
+            f"  second reader {folder}: temperature {second_t:.3f}; "
+            f"{inside.mean():.3f} of validation user rows in the band {band}"
+        )
     crisis, medical = p[:, CLASSES.index("crisis")], p[:, CLASSES.index("medical")]
     risk = p[:, CLASSES.index("check_in")] + crisis
     print(f"  chosen epoch {best}; temperature {temperature:.3f}")
@@ -115,7 +196,7 @@ def main(args: Args) -> None:
         "medical": round(t_medical, 6),
         "risk": round(t_risk, 6),
     }
-    banner("user thresholds")
+    banner("user thresholds at the catch-rate floor")
     print(f"  {thresholds}")
 
     reply_folder = args.reply_artifact or None
@@ -126,6 +207,8 @@ def main(args: Args) -> None:
     for name in ("adapter_config.json", "adapter_model.safetensors"):
         shutil.copyfile(cross / f"adapter_e{best}" / name, out / "cross" / name)
     shutil.copyfile(cross / f"head_e{best}.npz", out / "cross" / "head.npz")
+    if args.second:
+        shutil.copytree(args.second, out / "second")
     adapter = encoder_adapter_dir(reply_policy, reply_folder)
     if adapter is not None:
         shutil.copytree(adapter, out / reply_policy.encoder_adapter)
@@ -149,10 +232,16 @@ def main(args: Args) -> None:
         user_reader="cross",
         cross_dir="cross",
         cross_temperature=round(temperature, 4),
+        second_dir="second" if args.second else "",
+        second_temperature=round(second_t, 4),
+        second_band=(band[0], band[1]),
         training={
             "cross_encoder": {**report, "epoch": best},
+            "second_reader": str(args.second),
             "calibration": {
                 "catch_rate": args.catch_rate,
+                "first_turn": args.first_turn,
+                "within_one": args.within_one,
                 "crisis_redirect": args.crisis_redirect,
                 "medical_recall": args.medical_recall,
                 "temperature": round(temperature, 4),
@@ -164,7 +253,20 @@ def main(args: Args) -> None:
     (out / "policy.json").write_text(
         json.dumps(policy.to_json(), indent=2, sort_keys=True) + "\n", encoding="utf-8"
     )
-    print(f"\nwrote {out} (policy {policy.policy_version})")
+    banner("risk threshold: conversation floors in the validation replay")
+    clf = SafetyClassifier.from_defaults(artifact=out)
+    clf.cross = Memo(clf.cross)
+    dialogue = [r for r in read_jsonl(run / "splits" / "val.jsonl") if r["source"] == "dialogues"]
+    t_risk, figures = search_risk(clf, policy, t_risk, dialogue, args)
+    thresholds["risk"] = t_risk
+    training = {**policy.training, "replay": {k: round(v, 4) for k, v in figures.items()}}
+    policy = replace(
+        policy, thresholds={**policy.thresholds, "user": thresholds}, training=training
+    )
+    (out / "policy.json").write_text(
+        json.dumps(policy.to_json(), indent=2, sort_keys=True) + "\n", encoding="utf-8"
+    )
+    print(f"\nwrote {out} (policy {policy.policy_version}; user thresholds {thresholds})")
     if args.install:
         shutil.rmtree(INSTALL_DIR, ignore_errors=True)
         shutil.copytree(out, INSTALL_DIR)

@@ -15,9 +15,13 @@ Reports, with bootstrap intervals over conversations:
   split (each at its lowest over the rows that end with it, as ``calibrate.py`` counts) that
   are checked in or redirected as crisis.
 
+``--conversations safety/data/holdout/conversations.jsonl`` replays a file of conversations
+instead (the held-out set written blind in round 12, never trained or calibrated on); the
+per-message catch rate is then not computed.
+
 Usage:
     python safety/evaluate_conversations.py --run_dir runs/triage1 [--split val]
-        [--artifact shipped|run]
+        [--artifact shipped|run] [--conversations FILE]
 """
 
 from __future__ import annotations
@@ -50,6 +54,9 @@ from companion.types import Action, Category, Decision, Role, Turn
 class Args:
     run_dir: str = field(default=DEFAULT_RUN_DIR, metadata={"help": "folder from prepare.py"})
     split: str = field(default="val", metadata={"help": "val or test"})
+    conversations: str = field(
+        default="", metadata={"help": "replay this dialogue file instead of the split's"}
+    )
     artifact: str = field(
         default="run", metadata={"help": "'run' ({run_dir}/artifact), 'shipped' or a folder"}
     )
@@ -111,6 +118,69 @@ def catch_rate(clf: SafetyClassifier, run: Path, args: Args) -> dict[str, Any]:
     return {"catch_rate_distinct": {"n": len(distinct), "mean": round(float(distinct.mean()), 4)}}
 
 
+def dialogue_rows(path: Path) -> list[dict[str, Any]]:
+    """The user turns of a file of labelled conversations (``safety/data/dialogues/`` format,
+    e.g. the evaluation-only ``safety/data/holdout/conversations.jsonl``) as replay rows."""
+    return [
+        {
+            "text": t["text"],
+            "label": t["label"],
+            "conversation": c["id"],
+            "turn": i,
+            "subtype": f"{c['kind']}/{c.get('pattern') or c.get('topic', '')}",
+            "context": [p["text"] for p in c["turns"][:i]],
+        }
+        for c in read_jsonl(path)
+        for i, t in enumerate(c["turns"])
+    ]
+
+
+def replay(
+    clf: SafetyClassifier, rows: list[dict[str, Any]], args: Args
+) -> tuple[dict[str, list[tuple[float, str]]], list[int | None]]:
+    """Play the split's dialogue rows through ``clf`` turn by turn: per statistic, (value,
+    conversation) pairs, and per risk conversation how many turns late it was caught (``None``:
+    never)."""
+    convs: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for r in rows:
+        convs[r["conversation"]].append(r)
+    stats: dict[str, list[tuple[float, str]]] = defaultdict(list)
+    late: list[int | None] = []
+    for cid, turns in sorted(convs.items()):
+        turns.sort(key=lambda r: r["turn"])
+        decisions = play(clf, turns, args)
+        labels = [t["label"] for t in turns]
+        if all(lab == "none" for lab in labels) and turns[0]["subtype"].startswith("benign"):
+            for d in decisions:
+                stats["benign_check_in"].append((float(d is Decision.CHECK_IN), cid))
+                stats["benign_redirect"].append((float(d is Decision.REDIRECT), cid))
+                stats["benign_interrupted"].append((float(d is not Decision.NONE), cid))
+            stats["benign_never_interrupted"].append(
+                (float(all(d is Decision.NONE for d in decisions)), cid)
+            )
+            continue
+        first = next(i for i, lab in enumerate(labels) if lab != "none")
+        caught = [i for i, d in enumerate(decisions) if i >= first and d is not Decision.NONE]
+        late.append(caught[0] - first if caught else None)
+        stats["risk_caught_at_first"].append((float(bool(caught) and caught[0] == first), cid))
+        stats["risk_caught_within_one"].append(
+            (float(bool(caught) and caught[0] <= first + 1), cid)
+        )
+        for lab, d in zip(labels, decisions, strict=True):
+            if lab == "crisis":
+                stats["crisis_turn_redirected"].append((float(d is Decision.REDIRECT), cid))
+                stats["crisis_turn_caught"].append((float(d is not Decision.NONE), cid))
+            elif lab == "check_in":
+                stats["check_in_turn_caught"].append((float(d is not Decision.NONE), cid))
+            elif lab == "medical":
+                stats["medical_turn_redirected"].append((float(d is Decision.REDIRECT), cid))
+            else:
+                stats["risk_conv_none_turn_interrupted"].append(
+                    (float(d is not Decision.NONE), cid)
+                )
+    return stats, late
+
+
 def interval(values: np.ndarray, groups: np.ndarray, args: Args) -> tuple[float, float, float]:
     """Mean of ``values`` and a bootstrap 95% interval resampling whole ``groups``."""
     if len(values) == 0:
@@ -141,9 +211,15 @@ def main(args: Args) -> None:
     clf = SafetyClassifier(cache, head, policy, cross_reader_for(policy, folder))
     print(f"policy {policy.policy_version}; split {args.split}")
 
-    rows = [
-        r for r in read_jsonl(run / "splits" / f"{args.split}.jsonl") if r["source"] == "dialogues"
-    ]
+    if args.conversations:
+        rows = dialogue_rows(Path(args.conversations))
+        args.split = Path(args.conversations).stem
+    else:
+        rows = [
+            r
+            for r in read_jsonl(run / "splits" / f"{args.split}.jsonl")
+            if r["source"] == "dialogues"
+        ]
     # every text the replay can encode (newest, window, the turns before it) in one batch
     texts = set()
     for r in rows:
@@ -153,47 +229,13 @@ def main(args: Args) -> None:
         if window is not None:
             texts |= {window, window[: -len(newest) - 1]}
     cache.encode(sorted(texts))
-    convs: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    for r in rows:
-        convs[r["conversation"]].append(r)
-    stats: dict[str, list[tuple[float, str]]] = defaultdict(list)
-    late: list[int | None] = []
-    for cid, turns in sorted(convs.items()):
-        turns.sort(key=lambda r: r["turn"])
-        decisions = play(clf, turns, args)
-        labels = [t["label"] for t in turns]
-        if all(lab == "none" for lab in labels) and turns[0]["subtype"].startswith("benign"):
-            for d in decisions:
-                stats["benign_check_in"].append((float(d is Decision.CHECK_IN), cid))
-                stats["benign_redirect"].append((float(d is Decision.REDIRECT), cid))
-            stats["benign_never_interrupted"].append(
-                (float(all(d is Decision.NONE for d in decisions)), cid)
-            )
-            continue
-        first = next(i for i, lab in enumerate(labels) if lab != "none")
-        caught = [i for i, d in enumerate(decisions) if i >= first and d is not Decision.NONE]
-        late.append(caught[0] - first if caught else None)
-        stats["risk_caught_at_first"].append((float(bool(caught) and caught[0] == first), cid))
-        stats["risk_caught_within_one"].append(
-            (float(bool(caught) and caught[0] <= first + 1), cid)
-        )
-        for lab, d in zip(labels, decisions, strict=True):
-            if lab == "crisis":
-                stats["crisis_turn_redirected"].append((float(d is Decision.REDIRECT), cid))
-                stats["crisis_turn_caught"].append((float(d is not Decision.NONE), cid))
-            elif lab == "check_in":
-                stats["check_in_turn_caught"].append((float(d is not Decision.NONE), cid))
-            elif lab == "medical":
-                stats["medical_turn_redirected"].append((float(d is Decision.REDIRECT), cid))
-            else:
-                stats["risk_conv_none_turn_interrupted"].append(
-                    (float(d is not Decision.NONE), cid)
-                )
-    messages = catch_rate(clf, run, args)
+    stats, late = replay(clf, rows, args)
+    messages = {} if args.conversations else catch_rate(clf, run, args)
     cache.save()
 
     banner(
-        f"conversations ({args.split}): {len(convs)}; bootstrap 95% intervals over conversations"
+        f"conversations ({args.split}): {len({r['conversation'] for r in rows})}; "
+        "bootstrap 95% intervals over conversations"
     )
     out: dict[str, Any] = {"policy": policy.policy_version, "split": args.split}
     for name, pairs in stats.items():

@@ -73,8 +73,15 @@ class LMTuner:
             r=args.lora_r,
             lora_alpha=2 * args.lora_r,
             lora_dropout=0.05,
-            target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
-                            "down_proj"],
+            target_modules=[
+                "q_proj",
+                "k_proj",
+                "v_proj",
+                "o_proj",
+                "gate_proj",
+                "up_proj",
+                "down_proj",
+            ],
             modules_to_save=["score"],
             task_type="SEQ_CLS",
         )
@@ -165,8 +172,10 @@ def main(args: Args) -> None:
             step += 1
             if step % 25 == 0:
                 rate = tokens / (time.perf_counter() - t0)
-                print(f"  step {step}: loss {np.mean(losses[-25:]):.4f}, {rate:.0f} tokens/s",
-                      flush=True)
+                print(
+                    f"  step {step}: loss {np.mean(losses[-25:]):.4f}, {rate:.0f} tokens/s",
+                    flush=True,
+                )
             if args.max_steps and step >= args.max_steps:
                 done = True
                 break

@@ -187,3 +187,46 @@ def test_cross_reader_probabilities_on_a_tiny_bert(tmp_path):
     assert np.ptp(flat.probabilities(pairs)) < np.ptp(p)
     with pytest.raises(ValueError, match="temperature"):
         CrossReader(tok, model, weight, bias, 0.0)
+
+
+def test_the_cascade_asks_the_second_reader_only_inside_the_band():
+    from companion.safety.lm_reader import CascadeReader
+
+    first = ScriptedReader({"sad": SAD, "passive": PASSIVE, "plan": PLAN})
+    second = ScriptedReader({"sad": SAD, "passive": [0.05, 0.85, 0.05, 0.05]})
+    cascade = CascadeReader(first, second, 0.01, 0.9)
+    p = cascade.probabilities([("", "sad"), ("", "passive"), ("", "plan")])
+    # risk: sad 0.04 and passive 0.40 are inside [0.01, 0.9), plan 0.90 is not
+    assert second.pairs == [("", "sad"), ("", "passive")]
+    np.testing.assert_allclose(p[1], (np.array(PASSIVE) + [0.05, 0.85, 0.05, 0.05]) / 2)
+    np.testing.assert_allclose(p[2], PLAN)
+    assert (cascade.calls, cascade.second_calls) == (3, len(second.pairs))
+
+
+def test_the_cascade_skips_the_second_reader_when_nothing_is_uncertain():
+    from companion.safety.lm_reader import CascadeReader
+
+    second = ScriptedReader({})
+    cascade = CascadeReader(ScriptedReader({"plan": PLAN}), second, 0.01, 0.5)
+    np.testing.assert_allclose(cascade.probabilities([("", "plan")])[0], PLAN)
+    assert second.pairs == [] and cascade.second_calls == 0
+    with pytest.raises(ValueError, match="band"):
+        CascadeReader(second, second, 0.5, 0.5)
+
+
+def test_a_second_reader_needs_the_cross_encoder_and_its_folder(tmp_path):
+    with pytest.raises(ValueError, match="second_dir needs"):
+        Policy(
+            "p",
+            labels=LABELS,
+            thresholds={"user": USER, "assistant": {"crisis": 0.9, "medical": 0.9}},
+            second_dir="second",
+        )
+    with pytest.raises(ValueError, match="second_band"):
+        _policy(second_dir="second", second_band=(0.5, 0.2))
+    policy = _policy(second_dir="second", second_band=(0.02, 0.8))
+    assert Policy.from_json(json.loads(json.dumps(policy.to_json()))) == policy
+    from companion.safety.artifact import second_dir
+
+    with pytest.raises(ModelLoadError, match="second reader"):
+        second_dir(policy, tmp_path)
