@@ -213,7 +213,7 @@ def main(args: Args) -> None:
 
     if args.conversations:
         rows = dialogue_rows(Path(args.conversations))
-        args.split = Path(args.conversations).stem
+        args.split = Path(args.conversations).parent.name
     else:
         rows = [
             r

@@ -105,7 +105,7 @@ def epoch_rows(rows: list[dict[str, Any]], cap: int, rng: random.Random) -> list
     out = []
     for key in sorted(groups):
         group = groups[key]
-        if key[0] not in ("handwritten", "dialogues") and cap and len(group) > cap:
+        if key[0] not in ("handwritten", "dialogues", "style") and cap and len(group) > cap:
             group = rng.sample(group, cap)
         out += group
     return out

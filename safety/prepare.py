@@ -29,6 +29,7 @@ from xml.etree import ElementTree
 from _common import (
     DEFAULT_DATA_DIR,
     DEFAULT_RUN_DIR,
+    REPO_ROOT,
     SEED_DIR,
     banner,
     data_hash,
@@ -65,6 +66,7 @@ SOURCE_WEIGHT = {
     "cssrs": 0.3,
     "dialogues": 1.0,  # whole support-seeking conversations, labelled per turn (three levels)
     "check_in_answers": 1.0,
+    "style": 1.0,  # user turns of the companion's style dialogues: benign chat, train only
 }
 
 
@@ -94,6 +96,10 @@ MAX_CHARS = 600  # long public posts are cut to about 128 tokens: the signal is 
 class Args:
     data_dir: str = field(default=DEFAULT_DATA_DIR, metadata={"help": "shared public data"})
     seed_dir: str = field(default=SEED_DIR, metadata={"help": "hand-written seed set"})
+    style_dir: str = field(
+        default=str(REPO_ROOT / "training" / "data" / "style"),
+        metadata={"help": "style dialogues whose user turns train as none ('' : left out)"},
+    )
     out_dir: str = field(default=DEFAULT_RUN_DIR, metadata={"help": "run folder (ignored)"})
     seed: int = field(default=13, metadata={"help": "split and sampling seed"})
     max_per_source: int = field(default=0, metadata={"help": "cap rows per source (0: none)"})
@@ -430,6 +436,31 @@ def annomi(data_dir: Path, args: Args, rng: random.Random) -> dict[str, list[dic
     return out
 
 
+def style_turns(style_dir: Path) -> dict[str, list[dict[str, Any]]]:
+    """The user turns of the companion's own style dialogues (``training/data/style/``,
+    written for the reply model: ordinary support-seeking chat, no risk topics by its guide) as
+    ``none`` rows with the user turns before them, **train only**, so validation and test stay
+    the rows earlier policies were measured on."""
+    rows = []
+    for path in sorted(style_dir.glob("*.jsonl")):
+        for d in read_jsonl(path):
+            users = [m["content"] for m in d["messages"] if m["role"] == "user"]
+            rows += [
+                row(
+                    text,
+                    "none",
+                    "user",
+                    "style",
+                    context=users[max(0, i - 6) : i],
+                    subtype=f"benign/style/{d.get('topic', '')}",
+                    conversation=d["id"],
+                    turn=i,
+                )
+                for i, text in enumerate(users)
+            ]
+    return {"train": rows, "val": [], "test": []}
+
+
 def main(args: Args) -> None:
     data_dir, seed_dir, out_dir = Path(args.data_dir), Path(args.seed_dir), Path(args.out_dir)
     if "eval-only" in data_dir.parts:
@@ -449,6 +480,8 @@ def main(args: Args) -> None:
         "dialogues": dialogues(seed_dir, args.seed, row, split_items),
         "check_in_answers": check_in_answers(seed_dir, args.seed, row, split_items),
     }
+    if args.style_dir:
+        per_source["style"] = style_turns(Path(args.style_dir))
     for name, parts in per_source.items():
         for split, rows in parts.items():
             if args.max_per_source:
