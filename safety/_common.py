@@ -193,9 +193,7 @@ def cross_reader_for(policy: Any, artifact: str | Path | None) -> Any:
     if folder is None:
         return None
     base = load_encoder(None if policy.encoder == EMBEDDED_ENCODER else policy.encoder)
-    from companion.safety.lm_reader import with_second
-
-    return with_second(load_cross_reader(base, folder, policy.cross_temperature), policy, artifact)
+    return load_cross_reader(base, folder, policy.cross_temperature)
 
 
 def classifier_scores(

@@ -22,14 +22,9 @@ Replies keep the reply side of the artifact ``--reply_artifact`` (default: the s
 its head's assistant weights, its encoder adapter and its assistant thresholds. Writes
 ``{run_dir}/artifact_cross/`` (``--install`` copies it over the shipped artifact).
 
-``--second runs/x1/lm_reader/adapter_e1`` calibrates the cascade (candidate K): the LM reader
-of ``train_lm_reader.py`` gets its own temperature, and on the validation rows where the
-cross-encoder's risk lies in ``--band`` the two models' probabilities are averaged, as
-``companion.safety.lm_reader.CascadeReader`` does at run time; then the same steps.
-
 Usage:
     python safety/calibrate_cross.py --run_dir runs/x1 [--version 5.0] [--epoch N]
-        [--second DIR] [--install]
+        [--install]
 """
 
 from __future__ import annotations
@@ -61,10 +56,6 @@ class Args:
     within_one: float = field(default=0.95, metadata={"help": "... at most one turn late"})
     crisis_redirect: float = field(default=0.95, metadata={"help": "crisis redirected at once"})
     medical_recall: float = field(default=0.95, metadata={"help": "medical recall floor"})
-    second: str = field(
-        default="", metadata={"help": "cascade: train_lm_reader.py's adapter_eN folder"}
-    )
-    band: str = field(default="0.01,0.9", metadata={"help": "cascade: [low, high) of X's risk"})
     reply_artifact: str = field(default="", metadata={"help": "reply side (empty: shipped)"})
     exclude: str = field(default="cssrs", metadata={"help": "as train_cross.py"})
     install: bool = field(default=False, metadata={"help": "copy over the shipped artifact"})
@@ -128,14 +119,13 @@ def search_risk(
         user = {**policy.thresholds["user"], "risk": round(t, 6)}
         clf.policy = replace(policy, thresholds={**policy.thresholds, "user": user})
         figures = replay_floors(clf, rows)
-        ok = (
-            figures["risk_caught_at_first"] >= args.first_turn
-            and figures["risk_caught_within_one"] >= args.within_one
-        )
+        first = figures.get("risk_caught_at_first", 1.0)  # no risk conversation: no floor
+        within = figures.get("risk_caught_within_one", 1.0)
+        ok = first >= args.first_turn and within >= args.within_one
         print(
-            f"  risk {t:.5f}: first turn {figures['risk_caught_at_first']:.3f}, within one "
-            f"{figures['risk_caught_within_one']:.3f}, benign interrupted "
-            f"{figures['benign_interrupted']:.3f}" + ("  <- chosen" if ok else ""),
+            f"  risk {t:.5f}: first turn {first:.3f}, within one {within:.3f}, benign "
+            f"interrupted {figures.get('benign_interrupted', float('nan')):.3f}"
+            + ("  <- chosen" if ok else ""),
             flush=True,
         )
         if ok or t < 1e-5:
@@ -163,17 +153,6 @@ def main(args: Args) -> None:
     y = np.array([CLASSES.index(r["label"]) for r in val])
     temperature = fit_temperature(logits, y)
     p = softmax(logits / temperature)
-    second_t, band = 1.0, tuple(float(x) for x in args.band.split(","))
-    if args.second:  # the cascade: the LM reader's probabilities averaged in X's band
-        folder = Path(args.second)
-        second = np.load(folder.parent / f"val_logits_{folder.name.split('_')[-1]}.npz")["logits"]
-        second_t = fit_temperature(second, y)
-        inside = (p[:, 1] + p[:, 2] >= band[0]) & (p[:, 1] + p[:, 2] < band[1])
-        p[inside] = (p[inside] + softmax(second / second_t)[inside]) / 2
-        print(
-            f"  second reader {folder}: temperature {second_t:.3f}; "
-            f"{inside.mean():.3f} of validation user rows in the band {band}"
-        )
     crisis, medical = p[:, CLASSES.index("crisis")], p[:, CLASSES.index("medical")]
     risk = p[:, CLASSES.index("check_in")] + crisis
     print(f"  chosen epoch {best}; temperature {temperature:.3f}")
@@ -207,8 +186,6 @@ def main(args: Args) -> None:
     for name in ("adapter_config.json", "adapter_model.safetensors"):
         shutil.copyfile(cross / f"adapter_e{best}" / name, out / "cross" / name)
     shutil.copyfile(cross / f"head_e{best}.npz", out / "cross" / "head.npz")
-    if args.second:
-        shutil.copytree(args.second, out / "second")
     adapter = encoder_adapter_dir(reply_policy, reply_folder)
     if adapter is not None:
         shutil.copytree(adapter, out / reply_policy.encoder_adapter)
@@ -232,12 +209,8 @@ def main(args: Args) -> None:
         user_reader="cross",
         cross_dir="cross",
         cross_temperature=round(temperature, 4),
-        second_dir="second" if args.second else "",
-        second_temperature=round(second_t, 4),
-        second_band=(band[0], band[1]),
         training={
             "cross_encoder": {**report, "epoch": best},
-            "second_reader": str(args.second),
             "calibration": {
                 "catch_rate": args.catch_rate,
                 "first_turn": args.first_turn,

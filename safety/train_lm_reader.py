@@ -6,7 +6,12 @@ LM, converted once from its GGUF) gets a four-way classification head on its las
 on every attention and MLP projection; it reads one text: ``Earlier: <earlier user turns>``
 (when there are any) and ``Newest: <message>``. Autocast bf16 on CPU (the machine has AVX-512
 BF16). Saves after every epoch: ``{run_dir}/lm_reader/adapter_e{N}/`` (LoRA and the head) and
-``val_logits_e{N}.npz`` for ``calibrate_cross.py``'s rule.
+``val_logits_e{N}.npz`` (rows in ``train_cross.py``'s validation order).
+
+Status: round 12 stopped it at step 80 of 692 (about 330 tokens/s on this 2-core CPU, an epoch
+~40 minutes, too long beside the evaluation runs), so no S was judged and nothing at run time
+loads it. It is the starting point for issue 14's SmolLM2 reader on a GPU (classifier card,
+"Round 12").
 
 Usage:
     python safety/train_lm_reader.py --run_dir runs/x1 [--epochs 2] [--threads 2]

@@ -85,3 +85,25 @@ def test_prepare_finetune_train_calibrate_evaluate_on_a_tiny_subset(tmp_path):
     assert "| target |" in out
     metrics = json.loads((tmp_path / "run" / "eval" / "metrics.json").read_text())
     assert metrics["targets"] and metrics["sources"]
+
+
+def test_train_cross_and_calibrate_cross_on_a_tiny_subset(tmp_path):
+    """The cross-encoder recipe: train a few steps, then the round 12 calibration (conversation
+    floors found by replaying the validation dialogues) writes a loadable artifact."""
+    run = str(tmp_path / "run")
+    _run("prepare.py", "--out_dir", run, "--data_dir", str(DATA), "--max_per_source", "6")
+    rows = [json.loads(line) for line in (tmp_path / "run" / "splits" / "train.jsonl").open()]
+    assert any(r["source"] == "style" for r in rows)  # the style turns train as none
+    assert all(r["label"] == "none" for r in rows if r["source"] == "style")
+    out = _run("train_cross.py", "--run_dir", run, "--epochs", "1", "--max_steps", "2",
+               "--batch_size", "8", "--threads", "1")  # fmt: skip
+    assert "val AUPRC" in out
+    out = _run("calibrate_cross.py", "--run_dir", run, "--first_turn", "0.5")
+    assert "conversation floors in the validation replay" in out and "<- chosen" in out
+    artifact = tmp_path / "run" / "artifact_cross"
+    policy = json.loads((artifact / "policy.json").read_text())
+    assert policy["user_reader"] == "cross" and "replay" in policy["training"]
+    from companion.safety import SafetyClassifier
+
+    clf = SafetyClassifier.from_defaults(artifact=artifact)
+    assert clf.classify("hello").decision.value in ("none", "check_in", "redirect")

@@ -31,7 +31,6 @@ __all__ = [
     "encoder_adapter_dir",
     "load_artifact",
     "save_artifact",
-    "second_dir",
 ]
 
 DEFAULT_ARTIFACT = "artifacts/default"
@@ -79,12 +78,6 @@ class Policy:
         cross_dir: Folder, relative to the artifact, of the cross-encoder (a LoRA adapter on
             the base encoder and ``head.npz``); set exactly when ``user_reader`` is ``"cross"``.
         cross_temperature: The cross-encoder's logits are divided by it (fitted on validation).
-        second_dir: Folder, relative to the artifact, of a second user reader (the embedded
-            SmolLM2 as a sequence classifier, ``lm_reader.py``: LoRA and head); empty: none.
-            Only with ``user_reader="cross"``: it reads the messages whose cross-encoder risk
-            lies in ``second_band``, and the two models' probabilities are averaged there.
-        second_temperature: The second reader's logits are divided by it.
-        second_band: ``[low, high)`` of the cross-encoder's risk in which the second reads.
         training: Free-form provenance (data hash, seed, sizes, hyperparameters).
     """
 
@@ -106,9 +99,6 @@ class Policy:
     user_reader: str = "embedding"
     cross_dir: str = ""
     cross_temperature: float = 1.0
-    second_dir: str = ""
-    second_temperature: float = 1.0
-    second_band: tuple[float, float] = (0.01, 0.9)
     training: Mapping[str, Any] = field(default_factory=dict)
 
     @property
@@ -151,14 +141,6 @@ class Policy:
             raise ValueError("set cross_dir exactly when user_reader is 'cross'")
         if self.user_reader == "cross" and set(self.labels) != {"crisis", "medical", "risk"}:
             raise ValueError(f"labels={self.labels}: a cross-encoder policy scores all three")
-        if self.second_dir and self.user_reader != "cross":
-            raise ValueError("second_dir needs user_reader 'cross'")
-        low, high = self.second_band
-        if self.second_temperature <= 0 or not 0.0 <= low < high <= 1.0:
-            raise ValueError(
-                f"second_temperature={self.second_temperature}, second_band="
-                f"{self.second_band}: need > 0 and 0 <= low < high <= 1"
-            )
         if self.cross_temperature <= 0:
             raise ValueError(f"cross_temperature={self.cross_temperature}: need > 0")
         for role in Role:
@@ -174,7 +156,6 @@ class Policy:
         """A JSON-ready dict."""
         out = asdict(self)
         out["labels"] = list(self.labels)
-        out["second_band"] = list(self.second_band)
         out["thresholds"] = {r: dict(t) for r, t in self.thresholds.items()}
         return out
 
@@ -183,8 +164,6 @@ class Policy:
         """The inverse of :meth:`to_json`."""
         data = dict(data)
         data["labels"] = tuple(data.get("labels", ("crisis", "medical")))
-        if "second_band" in data:
-            data["second_band"] = tuple(data["second_band"])
         return cls(**data)
 
 
@@ -264,22 +243,4 @@ def cross_dir(policy: Policy, directory: str | Path | None = None) -> Path | Non
     for name in ("adapter_config.json", "adapter_model.safetensors", "head.npz"):
         if not (folder / name).is_file():
             raise ModelLoadError(f"safety artifact's cross-encoder {folder} lacks {name}")
-    return folder
-
-
-def second_dir(policy: Policy, directory: str | Path | None = None) -> Path | None:
-    """The second user reader's folder of the artifact in ``directory`` (default: the shipped
-    one), or ``None`` when the policy has none.
-
-    Raises:
-        ModelLoadError: the policy names a second reader that is not in the folder.
-    """
-    if not policy.second_dir:
-        return None
-    folder = (default_artifact_dir() if directory is None else Path(directory)) / (
-        policy.second_dir
-    )
-    for name in ("adapter_config.json", "adapter_model.safetensors"):
-        if not (folder / name).is_file():
-            raise ModelLoadError(f"safety artifact's second reader {folder} lacks {name}")
     return folder

@@ -28,7 +28,6 @@ from .cross import CrossReader, load_cross_reader, pair_texts
 from .cross import scores as cross_scores
 from .features import build_features, feature_blocks
 from .heads import FloatArray, Head, LinearHead
-from .lm_reader import CascadeReader, with_second
 from .normalize import normalize
 from .topics import raises_risk_topic
 
@@ -108,11 +107,7 @@ class SafetyClassifier:
     """
 
     def __init__(
-        self,
-        encoder: Encoder,
-        head: Head,
-        policy: Policy,
-        cross: CrossReader | CascadeReader | None = None,
+        self, encoder: Encoder, head: Head, policy: Policy, cross: CrossReader | None = None
     ) -> None:
         if set(head.labels) != set(policy.head_labels):
             raise ValueError(f"head labels {head.labels} differ from policy {policy.head_labels}")
@@ -160,7 +155,6 @@ class SafetyClassifier:
         folder = cross_dir(policy, artifact)
         if folder is not None:  # from the base encoder, before the head's encoder is shaped
             cross = load_cross_reader(encoder, folder, policy.cross_temperature)
-            cross = with_second(cross, policy, artifact)
         from .encoding import guard_encoder
 
         encoder = guard_encoder(
