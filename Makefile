@@ -75,6 +75,9 @@ safety-model: setup
 	$(PY) safety/calibrate.py --install
 
 safety-eval: setup
+	$(PY) safety/evaluate_conversations.py --artifact shipped
+	$(PY) safety/evaluate_conversations.py --artifact shipped \
+		--conversations safety/data/holdout/conversations.jsonl
 	$(PY) safety/evaluate.py
 	$(PY) safety/benchmark.py
 

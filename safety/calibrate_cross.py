@@ -9,7 +9,7 @@ Reads ``{run_dir}/cross/`` from ``train_cross.py``. The rule was written in the 
 3. the medical threshold: the highest that keeps ``--medical_recall`` of the distinct clean
    medical messages;
 4. the crisis threshold: the highest that redirects ``--crisis_redirect`` of the distinct clean
-   crisis messages at once;
+   crisis messages of the explicit kinds (``--explicit``, round 13; ``''``: all) at once;
 5. the risk (check-in) threshold: the highest at which, in the turn-by-turn replay of the
    validation conversations (``evaluate_conversations.py``, check-in state included), three
    floors hold (the "Round 12 rule"): ``--catch_rate`` of the distinct clean crisis and check-in
@@ -45,6 +45,15 @@ from companion.safety.artifact import encoder_adapter_dir
 from companion.safety.cross import CLASSES
 from companion.types import Role
 
+EXPLICIT = (
+    "explicit_ideation,short_present_intent,plan_or_means,crisis_plans_time_r7,method_seeking,"
+    "method_questions_plain,method_requests_impersonal,self_harm,overdose_in_progress,"
+    "abuse_danger,danger_at_home_escalating,harm_to_others"
+)
+"""Round 13: the crisis kinds that are redirected at once (issue 14's "explicit intent, plan or
+method", self-harm, an overdose taken, danger at home, harm to others); the others must be
+caught, by a check-in at least."""
+
 
 @dataclass
 class Args:
@@ -55,6 +64,10 @@ class Args:
     first_turn: float = field(default=0.90, metadata={"help": "risk conversations, first turn"})
     within_one: float = field(default=0.95, metadata={"help": "... at most one turn late"})
     crisis_redirect: float = field(default=0.95, metadata={"help": "crisis redirected at once"})
+    explicit: str = field(
+        default=EXPLICIT,
+        metadata={"help": "hand-written crisis subtypes the redirect floor counts ('': all)"},
+    )
     medical_recall: float = field(default=0.95, metadata={"help": "medical recall floor"})
     reply_artifact: str = field(default="", metadata={"help": "reply side (empty: shipped)"})
     exclude: str = field(default="cssrs", metadata={"help": "as train_cross.py"})
@@ -162,9 +175,13 @@ def main(args: Args) -> None:
     medical_pos = np.isin(sources, list(CLEAN[("user", "medical")])) & (labels == "medical")
     t_medical = recall_threshold(per_message_min(val, medical, medical_pos), args.medical_recall)
     clean = np.isin(sources, list(_USER_RISK))
-    t_crisis = recall_threshold(
-        per_message_min(val, crisis, clean & (labels == "crisis")), args.crisis_redirect
-    )
+    redirect_pos = clean & (labels == "crisis")
+    if args.explicit:  # round 13: the redirect floor counts the explicit kinds only
+        kinds = set(args.explicit.split(","))
+        texts = {r["text"] for r in val if r["source"] == "handwritten" and r["subtype"] in kinds}
+        redirect_pos &= np.array([r["text"] in texts for r in val])
+        print(f"  crisis floor on {len(texts)} distinct explicit crisis messages")
+    t_crisis = recall_threshold(per_message_min(val, crisis, redirect_pos), args.crisis_redirect)
     caught = np.where(crisis >= t_crisis, 1.0, np.where(medical >= t_medical, 0.0, risk))
     t_risk = recall_threshold(
         per_message_min(val, caught, clean & np.isin(labels, ["crisis", "check_in"])),
@@ -213,6 +230,7 @@ def main(args: Args) -> None:
             "cross_encoder": {**report, "epoch": best},
             "calibration": {
                 "catch_rate": args.catch_rate,
+                "explicit": args.explicit,
                 "first_turn": args.first_turn,
                 "within_one": args.within_one,
                 "crisis_redirect": args.crisis_redirect,

@@ -29,7 +29,6 @@ from xml.etree import ElementTree
 from _common import (
     DEFAULT_DATA_DIR,
     DEFAULT_RUN_DIR,
-    REPO_ROOT,
     SEED_DIR,
     banner,
     data_hash,
@@ -97,8 +96,11 @@ class Args:
     data_dir: str = field(default=DEFAULT_DATA_DIR, metadata={"help": "shared public data"})
     seed_dir: str = field(default=SEED_DIR, metadata={"help": "hand-written seed set"})
     style_dir: str = field(
-        default=str(REPO_ROOT / "training" / "data" / "style"),
-        metadata={"help": "style dialogues whose user turns train as none ('' : left out)"},
+        default="",
+        metadata={
+            "help": "style dialogues whose user turns train as none, e.g. training/data/style "
+            "(rounds 12-14; '': left out, as policy 3.4 was built)"
+        },
     )
     out_dir: str = field(default=DEFAULT_RUN_DIR, metadata={"help": "run folder (ignored)"})
     seed: int = field(default=13, metadata={"help": "split and sampling seed"})

@@ -91,7 +91,9 @@ def test_train_cross_and_calibrate_cross_on_a_tiny_subset(tmp_path):
     """The cross-encoder recipe: train a few steps, then the round 12 calibration (conversation
     floors found by replaying the validation dialogues) writes a loadable artifact."""
     run = str(tmp_path / "run")
-    _run("prepare.py", "--out_dir", run, "--data_dir", str(DATA), "--max_per_source", "6")
+    style = str(REPO / "training" / "data" / "style")
+    _run("prepare.py", "--out_dir", run, "--data_dir", str(DATA), "--max_per_source", "6",
+         "--style_dir", style)  # fmt: skip
     rows = [json.loads(line) for line in (tmp_path / "run" / "splits" / "train.jsonl").open()]
     assert any(r["source"] == "style" for r in rows)  # the style turns train as none
     assert all(r["label"] == "none" for r in rows if r["source"] == "style")
