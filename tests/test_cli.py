@@ -89,6 +89,14 @@ def test_serve_log_level_flag_is_applied():
         assert "model_load_failed" in events and ("server_started" in events) is started
 
 
+def test_serve_names_an_unknown_companion_variable_and_not_its_value():
+    bad_encoder = str(ROOT / "no-such-encoder")
+    proc = _run("serve", "--port", "0", "--metrics-port", "0", COMPANION_ENCODER=bad_encoder,
+                COMPANION_MAX_NEW_TOKEN="77-typo-value")  # fmt: skip
+    assert "ignoring COMPANION_MAX_NEW_TOKEN: not a setting" in proc.stderr
+    assert "77-typo-value" not in proc.stderr
+
+
 @pytest.mark.parametrize("which", ["metrics", "grpc"])
 def test_busy_port_is_named_in_one_line_and_exits_non_zero(busy_port, which):
     ports = (

@@ -151,3 +151,18 @@ def test_torch_threads_default_to_half_the_cpus_and_are_validated(monkeypatch):
         assert set_torch_threads(1) == 1 and torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)
+
+
+def test_unknown_companion_variables_are_named_never_their_values():
+    from companion.server.settings import unknown_env_names
+
+    env = {
+        "COMPANION_PROT": "secret-looking-value",
+        "companion_max_new_tokens": "12",  # a setting, any case
+        "COMPANION_CACHE_DIR": "/tmp/x",  # read elsewhere
+        "COMPANION_API_KEY": "k",
+        "OTHER": "1",
+        "COMPANION_REDIS_URLS": "redis://x",
+    }
+    assert unknown_env_names(env) == ["COMPANION_PROT", "COMPANION_REDIS_URLS"]
+    assert unknown_env_names({"COMPANION_PORT": "1"}) == []

@@ -186,6 +186,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     from .errors import ModelLoadError
     from .server import CompanionServer, ServerSettings, serve
     from .server._transport import exposure_problem
+    from .server.settings import unknown_env_names
 
     try:
         settings = ServerSettings.from_file(args.config) if args.config else ServerSettings()
@@ -211,6 +212,13 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"companion serve: {exc}", file=sys.stderr)
         return 2
+    unknown = unknown_env_names()
+    if unknown:  # a typo would leave the default in force without a word
+        print(
+            f"companion serve: ignoring {', '.join(unknown)}: not a setting "
+            "(README, 'gRPC service')",
+            file=sys.stderr,
+        )
     me = sys.argv[0] if os.path.basename(sys.argv[0]) == "companion" else "companion"
     transport = {"off": "plaintext", "tls": "TLS", "mtls": "mutual TLS"}[settings.tls]
     # How a client reaches it: plaintext, or TLS with the CA that signed the server's cert.

@@ -370,6 +370,20 @@ class ServerSettings(GeneratorSettings):
         return _build(cls, base, values, origin)
 
 
+OTHER_ENV = frozenset({"COMPANION_API_KEY", "COMPANION_CACHE_DIR", "COMPANION_DATA_DIR"})
+"""``COMPANION_*`` variables read outside the settings (the clients' key, the model cache, the
+resource data folder)."""
+
+
+def unknown_env_names(environ: Mapping[str, str] | None = None) -> list[str]:
+    """``COMPANION_*`` names in ``environ`` (``os.environ`` by default) that are neither a
+    setting nor one of :data:`OTHER_ENV`: most often a typo, which would otherwise leave the
+    default in force without a word. Names only, sorted; values are never read."""
+    env = os.environ if environ is None else environ
+    known = {_ENV_PREFIX + name.upper() for name in ServerSettings.model_fields} | OTHER_ENV
+    return sorted(k for k in env if k.upper().startswith(_ENV_PREFIX) and k.upper() not in known)
+
+
 def _where(exc: Exception) -> str:
     # Where a file failed to parse, without yaml's quote of the line: it may hold an API key.
     if isinstance(exc, tomllib.TOMLDecodeError):
