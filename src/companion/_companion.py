@@ -109,6 +109,7 @@ class Companion:
         config: PipelineConfig | None = None,
         device: str | None = None,
         generator: Generator | None = None,
+        batch_size: int = 1,
     ) -> Companion:
         """Build a companion on the embedded models (or the ones named).
 
@@ -135,11 +136,14 @@ class Companion:
                 :class:`~companion.models.OpenAIChatGenerator`; the local model is then not
                 loaded (``model``, ``adapter``, ``merge_adapter`` and ``device`` go unused),
                 the guard still is.
+            batch_size: Turns the local model generates at once: concurrent turns wait for
+                a place in one batch (:class:`~companion.models.BatchedGenerator`);
+                1, one at a time (:class:`~companion.models.HFGenerator`).
 
         Raises:
             ModelLoadError: a model, adapter or package is missing.
         """
-        from .models import HFGenerator, load_causal_lm, load_encoder
+        from .models import BatchedGenerator, HFGenerator, load_causal_lm, load_encoder
         from .safety import SafetyClassifier
 
         store = _make_store(session_store, db_path, redis_url)
@@ -148,7 +152,11 @@ class Companion:
             lm, tokenizer = load_causal_lm(
                 model, adapter, merge_adapter=merge_adapter, device=device
             )
-            generator = HFGenerator(lm, tokenizer)
+            generator = (
+                HFGenerator(lm, tokenizer)
+                if batch_size == 1
+                else BatchedGenerator(lm, tokenizer, max_batch=batch_size)
+            )
         return cls(guard, generator, store, config=config)
 
     @property

