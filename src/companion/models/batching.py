@@ -74,8 +74,8 @@ class BatchedGenerator(HFGenerator):
         self._waiting: deque[_Request] = deque()
         self._ready = threading.Condition()
         self._worker: threading.Thread | None = None
-        self.batches: list[int] = []
-        """Sizes of the batches run so far (for tests and benchmarks)."""
+        self.batches: deque[int] = deque(maxlen=1024)
+        """Sizes of the latest batches run (for tests and benchmarks; bounded)."""
 
     def stream(
         self,
