@@ -55,12 +55,16 @@ class FakeGuard:
         return Verdict(category, scores, THRESHOLDS, self.policy_version, direction, None, decision)
 
 
-class FakeGenerator:
-    """Replies from a script; fails loudly when called more often than scripted.
+class WordTokens:
+    """``count_tokens`` for fake generators: one token per whitespace-separated word plus 4 per
+    message, which is enough to test the context budget."""
 
-    Token counting is one token per whitespace-separated word plus 4 per message, which is
-    enough to test the context budget.
-    """
+    def count_tokens(self, messages: Sequence[ChatMessage]) -> int:
+        return sum(len(m["content"].split()) + 4 for m in messages)
+
+
+class FakeGenerator(WordTokens):
+    """Replies from a script; fails loudly when called more often than scripted."""
 
     def __init__(
         self,
@@ -76,9 +80,6 @@ class FakeGenerator:
     @property
     def context_window(self) -> int:
         return self._context_window
-
-    def count_tokens(self, messages: Sequence[ChatMessage]) -> int:
-        return sum(len(m["content"].split()) + 4 for m in messages)
 
     def stream(
         self,

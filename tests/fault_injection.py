@@ -21,6 +21,8 @@ from companion.protocols import ChatMessage, ShouldStop
 from companion.safety import LinearHead, Policy, SafetyClassifier
 from companion.testing import TestServer, run_test_server, test_settings
 
+from .fakes import WordTokens
+
 MARK = "zqxmarker"  # in every message and reply: must appear in no log line or error message
 VOCAB = ("die", "pills", "dose", "bridge", "parked")
 UNAVAILABLE = grpc.StatusCode.UNAVAILABLE
@@ -70,7 +72,7 @@ def faulty_classifier(encoder: FaultyEncoder) -> SafetyClassifier:
     )
 
 
-class FaultyModel:
+class FaultyModel(WordTokens):
     """The generator behind the pipeline, with a fault switch. It writes three sentences; with
     ``fault`` ``"raise"`` it raises after the first, with ``"hang"`` it blocks after the first
     (``"hang_late"``: the second), ignoring ``should_stop`` (a model stuck in a kernel), until
@@ -83,9 +85,6 @@ class FaultyModel:
         self.release = threading.Event()
         self.started = 0
         self.finished = 0
-
-    def count_tokens(self, messages: Sequence[ChatMessage]) -> int:
-        return sum(len(m["content"].split()) + 4 for m in messages)
 
     def stream(
         self,

@@ -28,23 +28,20 @@ from companion.config import GenerationConfig
 from companion.protocols import ChatMessage, ShouldStop
 from companion.server import ServerSettings, serve
 from companion.server.app import make_store
-from tests.fakes import FakeGuard
+from tests.fakes import FakeGuard, WordTokens
 from tests.replicas import echo_reply
 
 PAUSE = float(os.environ.get("COMPANION_TEST_TOKEN_SECONDS", "0"))
 MARKERS = os.environ.get("COMPANION_TEST_MARKER_DIR")
 
 
-class ContextEcho:
+class ContextEcho(WordTokens):
     """Replies ``context <n> <digest>`` for the n history turns of its prompt."""
 
     context_window = 100_000
 
     def __init__(self) -> None:
         self._count = itertools.count(1)
-
-    def count_tokens(self, messages: Sequence[ChatMessage]) -> int:
-        return sum(len(m["content"].split()) + 4 for m in messages)
 
     def stream(
         self,

@@ -25,12 +25,12 @@ from companion.protocols import ChatMessage, ShouldStop
 from companion.sessions import InMemorySessionStore
 from companion.testing import TestServer, run_test_server, test_settings
 
-from .fakes import FakeGuard
+from .fakes import FakeGuard, WordTokens
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 
 
-class GatedGenerator:
+class GatedGenerator(WordTokens):
     """One generation at a time (a lock, like the real model's); each waits for :attr:`gate`.
     :attr:`calls` holds the last message of every prompt that reached the model."""
 
@@ -42,9 +42,6 @@ class GatedGenerator:
     @property
     def context_window(self) -> int:
         return 10_000
-
-    def count_tokens(self, messages: Sequence[ChatMessage]) -> int:
-        return sum(len(m["content"].split()) + 4 for m in messages)
 
     def stream(
         self,

@@ -32,20 +32,17 @@ from companion.protocols import ChatMessage, ShouldStop
 from companion.sessions import InMemorySessionStore
 from companion.testing import run_test_server, test_settings
 
-from .fakes import FakeGuard
+from .fakes import FakeGuard, WordTokens
 
 KEY = "key-leak-0123456789abcdef"
 MARKER = "mk" + uuid.uuid4().hex[:14]  # letters and digits: a valid request id
 LOCALE_MARK = "lq" + uuid.uuid4().hex[:6]  # a valid locale subtag (at most 8): en-GB-lq...
 
 
-class EchoGenerator:
+class EchoGenerator(WordTokens):
     """Replies ``You said: <the message>``, so the reply carries whatever the message did."""
 
     context_window = 10_000
-
-    def count_tokens(self, messages: Sequence[ChatMessage]) -> int:
-        return sum(len(m["content"].split()) + 4 for m in messages)
 
     def stream(
         self,

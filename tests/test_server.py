@@ -30,13 +30,13 @@ from companion.protocols import ChatMessage, ShouldStop
 from companion.sessions import InMemorySessionStore
 from companion.testing import TestServer, run_test_server, test_settings
 
-from .fakes import FakeGuard
+from .fakes import FakeGuard, WordTokens
 
 KEY_A = "key-a-0123456789abcdef"
 KEY_B = "key-b-0123456789abcdef"
 
 
-class ScriptGenerator:
+class ScriptGenerator(WordTokens):
     """Replies ``"I hear you (turn N) REPLYMARK"`` forever and records every prompt.
 
     A message containing ``SLOW`` makes it emit 400 words, 20 ms apart, until told to stop
@@ -51,9 +51,6 @@ class ScriptGenerator:
     @property
     def context_window(self) -> int:
         return 10_000
-
-    def count_tokens(self, messages: Sequence[ChatMessage]) -> int:
-        return sum(len(m["content"].split()) + 4 for m in messages)
 
     def stream(
         self,
