@@ -172,19 +172,12 @@ class BatchedGenerator(HFGenerator):
         mask = torch.tensor([[0] * (width - len(r.ids)) + [1] * len(r.ids) for r in batch])
         config = batch[0].config
         kwargs: dict[str, Any] = {
+            **self._decoding(config, self._pad),
             "input_ids": ids.to(self.model.device),
             "attention_mask": mask.to(self.model.device),
             "max_new_tokens": max(r.config.max_new_tokens for r in batch),
-            "do_sample": config.do_sample,
-            "repetition_penalty": config.repetition_penalty,
-            "eos_token_id": self._stop_ids,
-            "pad_token_id": self._pad,
             "stopping_criteria": StoppingCriteriaList([_Step()]),
         }
-        if config.do_sample:
-            kwargs.update(temperature=config.temperature, top_p=config.top_p)
-        else:
-            kwargs.update(temperature=None, top_p=None, top_k=None)
         with self._lock, torch.inference_mode():
             if config.seed is not None:
                 torch.manual_seed(config.seed)

@@ -61,6 +61,20 @@ class HFGenerator:
         """Tokens the prompt for ``messages`` takes."""
         return len(self.tokenizer(self.render(messages), add_special_tokens=False)["input_ids"])
 
+    def _decoding(self, config: GenerationConfig, pad_token_id: int | None) -> dict[str, Any]:
+        """``generate`` arguments for ``config``'s decoding, stop tokens and padding."""
+        out: dict[str, Any] = {
+            "do_sample": config.do_sample,
+            "repetition_penalty": config.repetition_penalty,
+            "eos_token_id": self._stop_ids,
+            "pad_token_id": pad_token_id,
+        }
+        if config.do_sample:
+            out.update(temperature=config.temperature, top_p=config.top_p)
+        else:
+            out.update(temperature=None, top_p=None, top_k=None)
+        return out
+
     def stream(
         self,
         messages: Sequence[ChatMessage],
@@ -83,18 +97,11 @@ class HFGenerator:
         streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
         kwargs: dict[str, Any] = {
             **enc,
+            **self._decoding(config, self.tokenizer.pad_token_id),
             "max_new_tokens": config.max_new_tokens,
-            "do_sample": config.do_sample,
-            "repetition_penalty": config.repetition_penalty,
-            "eos_token_id": self._stop_ids,
-            "pad_token_id": self.tokenizer.pad_token_id,
             "stopping_criteria": StoppingCriteriaList([_Stop()]),
             "streamer": streamer,
         }
-        if config.do_sample:
-            kwargs.update(temperature=config.temperature, top_p=config.top_p)
-        else:
-            kwargs.update(temperature=None, top_p=None, top_k=None)
         errors: list[BaseException] = []
 
         def run() -> None:
