@@ -25,14 +25,12 @@ import argparse
 import json
 import os
 import platform
-import subprocess
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
 
-from load import _free_port, _pct
+from load import _pct, start_server
 
 # Ordinary messages that policy 3.4 answers (checked; its false positives, such as "I think I
 # need a holiday.", would make turns model-free).
@@ -137,23 +135,16 @@ def main() -> None:
     from companion.models.lm import resolve_base
 
     tokenizer = AutoTokenizer.from_pretrained(resolve_base(None)[0])
-    port = _free_port()
-    log = Path(tempfile.mkdtemp(prefix="companion-conc-")) / "server.log"
-    env = {
-        **os.environ,
-        "COMPANION_SESSION_STORE": "memory",
-        "COMPANION_MAX_NEW_TOKENS": str(args.max_new_tokens),
-        "COMPANION_DO_SAMPLE": "false",
-        "COMPANION_TORCH_THREADS": str(args.torch_threads),
-        "COMPANION_GENERATION_QUEUE_DEPTH": str(max(levels) * 2),
-        "COMPANION_GENERATION_BATCH_SIZE": str(args.batch_size),
-        "OMP_NUM_THREADS": str(args.torch_threads),
-    }
-    cmd = [sys.executable, "-m", "companion.cli", "serve", "--port", str(port)]
-    cmd += ["--metrics-port", "0"]  # 0: no metrics endpoint
-    with log.open("w") as log_file:
-        server = subprocess.Popen(cmd, env=env, stderr=log_file, stdout=subprocess.DEVNULL)
-    target = f"127.0.0.1:{port}"
+    server, target, _ = start_server(
+        {
+            "COMPANION_MAX_NEW_TOKENS": str(args.max_new_tokens),
+            "COMPANION_DO_SAMPLE": "false",
+            "COMPANION_TORCH_THREADS": str(args.torch_threads),
+            "COMPANION_GENERATION_QUEUE_DEPTH": str(max(levels) * 2),
+            "COMPANION_GENERATION_BATCH_SIZE": str(args.batch_size),
+            "OMP_NUM_THREADS": str(args.torch_threads),
+        }
+    )
     rows = []
     try:
         with CompanionClient(target) as cl:

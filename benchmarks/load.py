@@ -49,6 +49,22 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def start_server(
+    env: dict[str, str], metrics_port: int = 0
+) -> tuple[subprocess.Popen[bytes], str, Path]:
+    """`companion serve` in a child process on a free loopback port (sessions in memory, ``env``
+    over this process's environment; its log lines to a temporary file): the process, its
+    address and the log file. ``metrics_port`` 0: no metrics endpoint."""
+    port = _free_port()
+    log = Path(tempfile.mkdtemp(prefix="companion-bench-")) / "server.log"
+    full = {**os.environ, "COMPANION_SESSION_STORE": "memory", **env}
+    cmd = [sys.executable, "-m", "companion.cli", "serve", "--port", str(port)]
+    cmd += ["--metrics-port", str(metrics_port)]
+    with log.open("w") as log_file:
+        server = subprocess.Popen(cmd, env=full, stderr=log_file, stdout=subprocess.DEVNULL)
+    return server, f"127.0.0.1:{port}", log
+
+
 def _rss_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -191,21 +207,16 @@ def main() -> None:
     ap.add_argument("--queue-depth", type=int, default=8)
     args = ap.parse_args()
 
-    port, metrics_port = _free_port(), _free_port()
-    log = Path(tempfile.mkdtemp(prefix="companion-load-")) / "server.log"
-    env = {
-        **os.environ,
-        "COMPANION_SESSION_STORE": "memory",
-        "COMPANION_MAX_NEW_TOKENS": str(args.max_new_tokens),
-        "COMPANION_TORCH_THREADS": "1",
-        "COMPANION_GENERATION_QUEUE_DEPTH": str(args.queue_depth),
-        "OMP_NUM_THREADS": "1",
-    }
-    cmd = [sys.executable, "-m", "companion.cli", "serve", "--port", str(port)]
-    cmd += ["--metrics-port", str(metrics_port)]
-    with log.open("w") as log_file:
-        server = subprocess.Popen(cmd, env=env, stderr=log_file, stdout=subprocess.DEVNULL)
-    target = f"127.0.0.1:{port}"
+    metrics_port = _free_port()
+    server, target, log = start_server(
+        {
+            "COMPANION_MAX_NEW_TOKENS": str(args.max_new_tokens),
+            "COMPANION_TORCH_THREADS": "1",
+            "COMPANION_GENERATION_QUEUE_DEPTH": str(args.queue_depth),
+            "OMP_NUM_THREADS": "1",
+        },
+        metrics_port,
+    )
     try:
         from companion.client import CompanionClient
 

@@ -97,6 +97,12 @@ def fit_temperature(logits: np.ndarray, y: np.ndarray) -> float:
     return float(np.exp((lo + hi) / 2))
 
 
+def write_policy(out: Path, policy: Policy) -> None:
+    (out / "policy.json").write_text(
+        json.dumps(policy.to_json(), indent=2, sort_keys=True) + "\n", encoding="utf-8"
+    )
+
+
 class Memo:
     """A user reader whose probabilities are remembered per text pair (the replay search asks
     for the same pairs at every threshold)."""
@@ -241,9 +247,7 @@ def main(args: Args) -> None:
             "train_hash": manifest["train_hash"],
         },
     )
-    (out / "policy.json").write_text(
-        json.dumps(policy.to_json(), indent=2, sort_keys=True) + "\n", encoding="utf-8"
-    )
+    write_policy(out, policy)
     banner("risk threshold: conversation floors in the validation replay")
     clf = SafetyClassifier.from_defaults(artifact=out)
     clf.cross = Memo(clf.cross)
@@ -254,9 +258,7 @@ def main(args: Args) -> None:
     policy = replace(
         policy, thresholds={**policy.thresholds, "user": thresholds}, training=training
     )
-    (out / "policy.json").write_text(
-        json.dumps(policy.to_json(), indent=2, sort_keys=True) + "\n", encoding="utf-8"
-    )
+    write_policy(out, policy)
     print(f"\nwrote {out} (policy {policy.policy_version}; user thresholds {thresholds})")
     if args.install:
         shutil.rmtree(INSTALL_DIR, ignore_errors=True)

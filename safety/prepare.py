@@ -37,7 +37,7 @@ from _common import (
     read_jsonl,
     write_jsonl,
 )
-from triage_data import check_in_answers, dialogues, relabel_levels
+from triage_data import CONTEXT_TURNS, check_in_answers, dialogues, relabel_levels
 
 from companion.safety.topics import raises_risk_topic
 
@@ -453,7 +453,7 @@ def style_turns(style_dir: Path) -> dict[str, list[dict[str, Any]]]:
                     "none",
                     "user",
                     "style",
-                    context=users[max(0, i - 6) : i],
+                    context=users[max(0, i - CONTEXT_TURNS) : i],
                     subtype=f"benign/style/{d.get('topic', '')}",
                     conversation=d["id"],
                     turn=i,
