@@ -1,9 +1,11 @@
-"""BatchedGenerator on the REAL embedded model: concurrent requests share batches, each gets
-the reply it would have got alone, and each stops on its own."""
+"""BatchedGenerator on the REAL embedded model: concurrent requests share decoding steps, a
+request that arrives mid-batch joins between steps, each gets the reply it would have got alone,
+and each stops on its own."""
 
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
 
@@ -30,13 +32,15 @@ def _ask(gen, prompt, config=GREEDY, should_stop=None):
     return "".join(gen.stream([{"role": "user", "content": prompt}], config, should_stop))
 
 
-def _together(gen, jobs):
+def _together(gen, jobs, stagger=0.0):
+    """Run ``jobs`` at once (or ``stagger`` seconds apart); their replies and errors."""
     out: dict[int, str] = {}
     errors: list[BaseException] = []
     start = threading.Barrier(len(jobs))
 
     def run(k, args):
         start.wait()
+        time.sleep(stagger * k)
         try:
             out[k] = _ask(gen, *args)
         except BaseException as exc:
@@ -58,8 +62,36 @@ def test_concurrent_requests_are_batched_and_get_their_serial_replies(lm):
     assert not errors
     results = out
     assert [results[k] for k in range(len(PROMPTS))] == serial
-    # the first request may start alone; the others arrive while it runs and share a batch
-    assert all(serial) and sum(gen.batches) == len(PROMPTS) and max(gen.batches) >= 2
+    assert all(serial) and max(gen.steps) >= 2  # they shared decoding steps
+
+
+def test_a_request_arriving_mid_batch_joins_between_steps(lm):
+    """Requests 0.4 s apart: each joins the running rows at the next step (the rows grow while
+    the first is still decoding) and still gets its serial greedy reply."""
+    model, tok = lm
+    serial = [_ask(HFGenerator(model, tok), p) for p in PROMPTS]
+    gen = BatchedGenerator(model, tok, max_batch=8)
+    out, errors = _together(gen, [(p,) for p in PROMPTS], stagger=0.4)
+    assert not errors
+    assert [out[k] for k in range(len(PROMPTS))] == serial
+    steps = list(gen.steps)
+    grew = [k for k in range(1, len(steps)) if steps[k] > steps[k - 1]]
+    assert steps[0] == 1 and len(grew) >= 2, steps  # later requests joined a running batch
+
+
+def test_rows_decode_with_their_own_settings_and_seeds(lm):
+    """A greedy and two seeded sampling requests share steps: the greedy one is its serial
+    reply and a seed gives the same reply as the same seed alone."""
+    model, tok = lm
+    sampled = GenerationConfig(max_new_tokens=24, do_sample=True, temperature=0.9, seed=11)
+    other = GenerationConfig(max_new_tokens=24, do_sample=True, temperature=0.9, seed=12)
+    gen = BatchedGenerator(model, tok, max_batch=8)
+    alone = _ask(gen, PROMPTS[1], sampled)
+    assert _ask(gen, PROMPTS[1], sampled) == alone  # a seed reproduces
+    out, errors = _together(gen, [(PROMPTS[0], GREEDY), (PROMPTS[1], sampled), (PROMPTS[1], other)])
+    assert not errors and max(gen.steps) >= 2
+    assert out[0] == _ask(HFGenerator(model, tok), PROMPTS[0])
+    assert out[1] == alone and out[2] != alone
 
 
 def test_each_request_stops_on_its_own(lm):
@@ -90,18 +122,37 @@ def test_an_abandoned_stream_and_an_error_do_not_hang_the_worker(lm):
     it.close()  # the caller stops reading: its row is freed
     assert _ask(gen, PROMPTS[1])  # the worker goes on
 
-    real = model.generate
-
-    def broken(**kwargs):
+    def broken(*args, **kwargs):
         raise RuntimeError("boom")
 
-    model.generate = broken
+    model.forward = broken  # the prefill fails: that request gets the error
     try:
         with pytest.raises(RuntimeError, match="boom"):
             _ask(gen, PROMPTS[2])
     finally:
-        model.generate = real
-    assert _ask(gen, PROMPTS[3])  # and after an error too
+        del model.forward
+    assert _ask(gen, PROMPTS[3])  # and the worker goes on
+
+
+def test_an_error_mid_batch_reaches_every_running_request(lm):
+    model, tok = lm
+    gen = BatchedGenerator(model, tok, max_batch=8)
+    calls = {"n": 0}
+    real = model.forward
+
+    def fails_later(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 8:  # after both prefills, during the shared steps
+            raise RuntimeError("boom")
+        return real(*args, **kwargs)
+
+    model.forward = fails_later
+    try:
+        out, errors = _together(gen, [(PROMPTS[0],), (PROMPTS[1],)])
+    finally:
+        del model.forward
+    assert len(errors) == 2 and all("boom" in str(e) for e in errors), (out, errors)
+    assert _ask(gen, PROMPTS[2])
 
 
 def test_max_batch_must_be_positive(lm):
@@ -135,4 +186,4 @@ def test_the_server_batches_concurrent_turns_on_the_real_model():
         for t in threads:
             t.join(300)
         assert all(r.action is Action.ANSWERED and r.text for r in replies.values()), replies
-        assert len(replies) == len(PROMPTS) and max(gen.batches) >= 2, gen.batches
+        assert len(replies) == len(PROMPTS) and max(gen.steps) >= 2, gen.steps

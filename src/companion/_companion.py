@@ -136,9 +136,10 @@ class Companion:
                 :class:`~companion.models.OpenAIChatGenerator`; the local model is then not
                 loaded (``model``, ``adapter``, ``merge_adapter`` and ``device`` go unused),
                 the guard still is.
-            batch_size: Turns the local model generates at once: concurrent turns wait for
-                a place in one batch (:class:`~companion.models.BatchedGenerator`);
-                1, one at a time (:class:`~companion.models.HFGenerator`).
+            batch_size: Turns the local model generates at once: concurrent turns share
+                its decoding steps, a new one joining at the next step
+                (:class:`~companion.models.BatchedGenerator`); 1, one at a time
+                (:class:`~companion.models.HFGenerator`).
 
         Raises:
             ModelLoadError: a model, adapter or package is missing.

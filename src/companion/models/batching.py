@@ -1,13 +1,22 @@
 """A :class:`~companion.protocols.Generator` that batches concurrent requests on one model.
 
-On a CPU, one `model.generate` over several left-padded prompts costs little more per step than
-over one (``benchmarks/batching.py``: 3.3x the tokens/s of one-at-a-time at 8 prompts, greedy
-outputs identical), and transformers' continuous batching is slower than serial here. So one
-worker thread owns the model: it takes the requests waiting (up to ``max_batch`` with the same
-decoding settings), runs them as one batch, and hands each request its tokens as they come.
-Each request stops on its own (a stop token, its ``max_new_tokens``, its ``should_stop``, or its
-caller abandoning the stream) and leaves the batch at that step. Requests that arrive while a
-batch runs wait for the next one: they do not join between steps.
+On a CPU, one forward pass over several sequences costs little more than over one
+(``benchmarks/batching.py``: a static batch of 8 gives 3.3x the tokens/s of one-at-a-time,
+greedy outputs identical), and transformers' continuous batching is slower than serial here. So
+one worker thread owns the model and decodes step by step over the running set:
+
+- a new request **joins between steps**: its prompt is run alone (prefill), then its key/value
+  cache is left-padded to the running set's length and joined on the batch axis;
+- each step feeds every running row its last token (one forward pass, explicit positions, the
+  padding masked out) and picks each row's next token with that row's own decoding settings
+  (repetition penalty, temperature, top-k, top-p, its own seeded random generator);
+- a row **leaves at the step it stops**: a stop token, its ``max_new_tokens``, its
+  ``should_stop``, or its caller abandoning the stream; left columns that only padding uses
+  are trimmed then.
+
+An error in a step reaches every running request; an error in a prefill only that request.
+The model must keep a plain key/value cache (:class:`transformers.DynamicCache` of
+``DynamicLayer`` s): sliding-window and recurrent caches cannot be joined this way.
 """
 
 from __future__ import annotations
@@ -26,6 +35,7 @@ from .generator import HFGenerator
 __all__ = ["BatchedGenerator"]
 
 _END = object()
+_TOP_K = 50  # transformers' default top-k when sampling and the model's config sets none
 
 
 @dataclass
@@ -44,38 +54,77 @@ class _Request:
             self.out.put(item)
 
 
-def _key(config: GenerationConfig) -> tuple[Any, ...]:
-    """Requests share a batch only when they decode alike (lengths may differ)."""
-    return (config.do_sample, config.temperature, config.top_p, config.repetition_penalty)
+class _Row:
+    """A running request: its tokens so far, its next position and how it picks tokens."""
+
+    def __init__(self, req: _Request, processors: Any, top_k: int) -> None:
+        import torch
+
+        self.req = req
+        self.seq = list(req.ids)  # prompt and reply so far, for the repetition penalty
+        self.position = len(req.ids)
+        self.processors = processors
+        self.sampler: Any = None
+        if req.config.do_sample:
+            self.sampler = torch.Generator()
+            if req.config.seed is None:
+                self.sampler.seed()
+            else:
+                self.sampler.manual_seed(req.config.seed)
+        self.top_k = top_k
+
+    def pick(self, logits: Any) -> int:
+        """The next token from this row's last-position logits."""
+        import torch
+
+        ids = torch.tensor([self.seq])
+        scores = self.processors(ids, logits[None].float())
+        if self.sampler is None:
+            return int(scores[0].argmax())
+        probs = torch.softmax(scores[0], dim=-1)
+        return int(torch.multinomial(probs, 1, generator=self.sampler))
 
 
 class BatchedGenerator(HFGenerator):
-    """:class:`HFGenerator`'s chat format and stopping, with concurrent requests batched.
+    """:class:`HFGenerator`'s chat format and stopping, with concurrent requests batched step
+    by step.
 
     Args:
-        model: A transformers causal LM in eval mode.
+        model: A transformers causal LM in eval mode, with a plain key/value cache.
         tokenizer: Its tokenizer (as for :class:`HFGenerator`).
-        max_batch: Most requests in one batch.
+        max_batch: Most requests decoding at once; more wait for a row to free.
         context_window: As for :class:`HFGenerator`.
 
-    A request with a ``seed`` runs alone (a batch shares one random state).
+    A seeded request samples from its own random generator, so its seed is honoured inside a
+    batch; the reply can still differ from a run alone in rare near-ties, since batched
+    arithmetic rounds differently.
     """
 
     def __init__(
         self, model: Any, tokenizer: Any, max_batch: int = 8, context_window: int | None = None
     ) -> None:
+        from transformers import DynamicCache
+        from transformers.cache_utils import DynamicLayer
+
         super().__init__(model, tokenizer, context_window)
         if max_batch < 1:
             raise ValueError(f"max_batch={max_batch}: need >= 1")
+        kinds = {type(layer) for layer in DynamicCache(config=model.config).layers}
+        if kinds - {DynamicLayer}:
+            raise ValueError(
+                "batched generation needs a model with a plain key/value cache; this one "
+                f"uses {sorted(k.__name__ for k in kinds)}: use generation_batch_size=1"
+            )
         self.max_batch = max_batch
-        self._pad = tokenizer.pad_token_id
-        if self._pad is None:
-            self._pad = tokenizer.eos_token_id
         self._waiting: deque[_Request] = deque()
         self._ready = threading.Condition()
         self._worker: threading.Thread | None = None
-        self.batches: deque[int] = deque(maxlen=1024)
-        """Sizes of the latest batches run (for tests and benchmarks; bounded)."""
+        top_k = getattr(model.generation_config, "top_k", None)
+        self._top_k = _TOP_K if top_k is None else int(top_k)
+        self._cache_arg = _cache_argument(model)
+        self._stops = set(self._stop_ids)
+        self.steps: deque[int] = deque(maxlen=4096)
+        """Rows in each of the latest decoding steps (for tests and benchmarks; bounded)."""
 
     def stream(
         self,
@@ -113,72 +162,180 @@ class BatchedGenerator(HFGenerator):
         finally:
             req.abandoned = True  # a caller that stops reading frees its row at the next step
 
-    def _take(self) -> list[_Request]:
+    def _processors(self, config: GenerationConfig) -> Any:
+        from transformers import (
+            LogitsProcessorList,
+            RepetitionPenaltyLogitsProcessor,
+            TemperatureLogitsWarper,
+            TopKLogitsWarper,
+            TopPLogitsWarper,
+        )
+
+        out = LogitsProcessorList()
+        if config.repetition_penalty != 1.0:  # the order model.generate applies them in
+            out.append(RepetitionPenaltyLogitsProcessor(config.repetition_penalty))
+        if config.do_sample:
+            if config.temperature != 1.0:
+                out.append(TemperatureLogitsWarper(config.temperature))
+            if self._top_k > 0:
+                out.append(TopKLogitsWarper(self._top_k))
+            if config.top_p < 1.0:
+                out.append(TopPLogitsWarper(config.top_p))
+        return out
+
+    def _admit(self, running: int, block: bool) -> list[_Request]:
+        """Waiting requests for the free rows; blocks for one when nothing runs."""
         with self._ready:
-            while not self._waiting:
+            while block and not self._waiting:
                 self._ready.wait()
-            first = self._waiting.popleft()
-            batch = [first]
-            if first.config.seed is None:
-                for req in list(self._waiting):
-                    if len(batch) >= self.max_batch:
-                        break
-                    if req.config.seed is None and _key(req.config) == _key(first.config):
-                        self._waiting.remove(req)
-                        batch.append(req)
-            return batch
+            out = []
+            while self._waiting and running + len(out) < self.max_batch:
+                req = self._waiting.popleft()
+                if req.abandoned:
+                    req.finish()
+                else:
+                    out.append(req)
+            return out
 
     def _loop(self) -> None:
+        batch = _Batch(self)
         while True:
-            batch = self._take()
-            try:
-                self._run(batch)
-            except BaseException as exc:  # every request of the batch gets the error
-                for req in batch:
+            for req in self._admit(len(batch.rows), block=not batch.rows):
+                try:
+                    batch.join(req)
+                except BaseException as exc:  # only this request's prefill failed
                     req.finish(exc)
-            finally:
-                for req in batch:
-                    req.finish()
+            if not batch.rows:
+                continue
+            try:
+                batch.step()
+            except BaseException as exc:  # every running request gets the error
+                for row in batch.rows:
+                    row.req.finish(exc)
+                batch = _Batch(self)
 
-    def _run(self, batch: list[_Request]) -> None:
+    def _emit(self, row: _Row, token: int) -> None:
+        """Hand ``token`` to the row's caller, or finish the row when it should stop."""
+        req = row.req
+        if token in self._stops:
+            req.finish()
+            return
+        req.out.put(token)
+        req.count += 1
+        row.seq.append(token)
+        if (
+            req.count >= req.config.max_new_tokens
+            or req.abandoned
+            or (req.should_stop is not None and req.should_stop())
+        ):
+            req.finish()
+
+
+class _Batch:
+    """The running rows and their joined key/value cache, left-padded to one length."""
+
+    def __init__(self, gen: BatchedGenerator) -> None:
+        self.gen = gen
+        self.rows: list[_Row] = []
+        self.cache: Any = None  # DynamicCache, batch axis = rows
+        self.mask: Any = None  # (rows, length) 1 for real tokens, 0 for left padding
+
+    def join(self, req: _Request) -> None:
+        """Prefill ``req`` alone, pick its first token and join it to the running rows."""
         import torch
-        from transformers import StoppingCriteria, StoppingCriteriaList
+        from transformers import DynamicCache
 
-        self.batches.append(len(batch))
-        stops = set(self._stop_ids)
+        gen = self.gen
+        row = _Row(req, gen._processors(req.config), gen._top_k)
+        ids = torch.tensor([req.ids], device=gen.model.device)
+        with torch.inference_mode():
+            out = gen.model(
+                input_ids=ids,
+                attention_mask=torch.ones_like(ids),
+                use_cache=True,
+                logits_to_keep=1,
+                **{gen._cache_arg: DynamicCache(config=gen.model.config)},
+            )
+        cache = getattr(out, gen._cache_arg)
+        gen._emit(row, row.pick(out.logits[0, -1]))
+        if req.finished:
+            return
+        kv = [(layer.keys, layer.values) for layer in cache.layers]
+        mask = torch.ones(1, ids.shape[1], dtype=torch.long, device=ids.device)
+        if not self.rows:
+            self.rows, self.cache, self.mask = [row], cache, mask
+            return
+        old = [(layer.keys, layer.values) for layer in self.cache.layers]
+        width = max(self.mask.shape[1], mask.shape[1])
+        kv = [
+            (
+                torch.cat([_pad(k0, width), _pad(k1, width)]),
+                torch.cat([_pad(v0, width), _pad(v1, width)]),
+            )
+            for (k0, v0), (k1, v1) in zip(old, kv, strict=True)
+        ]
+        self.cache = DynamicCache(ddp_cache_data=kv, config=gen.model.config)
+        self.mask = torch.cat([_pad_mask(self.mask, width), _pad_mask(mask, width)])
+        self.rows.append(row)
 
-        class _Step(StoppingCriteria):
-            def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
-                done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
-                for k, req in enumerate(batch):
-                    if not req.finished:
-                        token = int(input_ids[k, -1])
-                        if token in stops:
-                            req.finish()
-                        else:
-                            req.out.put(token)
-                            req.count += 1
-                            if (
-                                req.count >= req.config.max_new_tokens
-                                or req.abandoned
-                                or (req.should_stop is not None and req.should_stop())
-                            ):
-                                req.finish()
-                    done[k] = req.finished
-                return done
+    def step(self) -> None:
+        """One token for every running row; rows that stop leave."""
+        import torch
+        from transformers import DynamicCache
 
-        width = max(len(r.ids) for r in batch)
-        ids = torch.tensor([[self._pad] * (width - len(r.ids)) + r.ids for r in batch])
-        mask = torch.tensor([[0] * (width - len(r.ids)) + [1] * len(r.ids) for r in batch])
-        config = batch[0].config
-        kwargs: dict[str, Any] = {
-            **self._decoding(config, self._pad),
-            "input_ids": ids.to(self.model.device),
-            "attention_mask": mask.to(self.model.device),
-            "max_new_tokens": max(r.config.max_new_tokens for r in batch),
-            "stopping_criteria": StoppingCriteriaList([_Step()]),
-        }
-        with self._lock, torch.inference_mode():
-            if config.seed is not None:
-                torch.manual_seed(config.seed)
-            self.model.generate(**kwargs)
+        gen = self.gen
+        gen.steps.append(len(self.rows))
+        device = self.mask.device
+        last = torch.tensor([[row.seq[-1]] for row in self.rows], device=device)
+        positions = torch.tensor([[row.position] for row in self.rows], device=device)
+        self.mask = torch.cat([self.mask, torch.ones_like(last)], dim=1)
+        with torch.inference_mode():
+            out = gen.model(
+                input_ids=last,
+                attention_mask=self.mask,
+                position_ids=positions,
+                use_cache=True,
+                **{gen._cache_arg: self.cache},
+            )
+        self.cache = getattr(out, gen._cache_arg)
+        for k, row in enumerate(self.rows):
+            row.position += 1
+            gen._emit(row, row.pick(out.logits[k, -1]))
+        keep = [k for k, row in enumerate(self.rows) if not row.req.finished]
+        if len(keep) == len(self.rows):
+            return
+        self.rows = [self.rows[k] for k in keep]
+        if not self.rows:
+            self.cache = self.mask = None
+            return
+        index = torch.tensor(keep, device=device)
+        self.mask = self.mask[index]
+        start = int((self.mask.sum(0) > 0).nonzero()[0])  # columns only padding uses go
+        self.mask = self.mask[:, start:]
+        kv = [
+            (layer.keys[index, :, start:], layer.values[index, :, start:])
+            for layer in self.cache.layers
+        ]
+        self.cache = DynamicCache(ddp_cache_data=kv, config=gen.model.config)
+
+
+def _cache_argument(model: Any) -> str:
+    """The forward keyword for the key/value cache: ``cache`` in newer transformers 5 releases,
+    ``past_key_values`` before (a PEFT wrapper is looked through)."""
+    import inspect
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
+
+
+def _pad(t: Any, width: int) -> Any:
+    """Left-pad a (batch, heads, length, dim) key or value tensor with zeros to ``width``."""
+    import torch.nn.functional as F
+
+    return F.pad(t, (0, 0, width - t.shape[2], 0))
+
+
+def _pad_mask(mask: Any, width: int) -> Any:
+    import torch.nn.functional as F
+
+    return F.pad(mask, (width - mask.shape[1], 0))
