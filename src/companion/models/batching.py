@@ -188,7 +188,7 @@ class BatchedGenerator(HFGenerator):
         with self._ready:
             while block and not self._waiting:
                 self._ready.wait()
-            out = []
+            out: list[_Request] = []
             while self._waiting and running + len(out) < self.max_batch:
                 req = self._waiting.popleft()
                 if req.abandoned:
