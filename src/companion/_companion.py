@@ -110,6 +110,7 @@ class Companion:
         device: str | None = None,
         generator: Generator | None = None,
         batch_size: int = 1,
+        guard_runtime: str = "torch",
     ) -> Companion:
         """Build a companion on the embedded models (or the ones named).
 
@@ -140,6 +141,9 @@ class Companion:
                 its decoding steps, a new one joining at the next step
                 (:class:`~companion.models.BatchedGenerator`); 1, one at a time
                 (:class:`~companion.models.HFGenerator`).
+            guard_runtime: The guard encoder's runtime: ``"torch"``, or ONNX Runtime
+                (``"onnx"``, ``"onnx-int8"``; needs ``companion[onnx]``), see
+                :meth:`~companion.safety.SafetyClassifier.from_defaults`.
 
         Raises:
             ModelLoadError: a model, adapter or package is missing.
@@ -148,7 +152,7 @@ class Companion:
         from .safety import SafetyClassifier
 
         store = _make_store(session_store, db_path, redis_url)
-        guard = SafetyClassifier.from_defaults(load_encoder(encoder))
+        guard = SafetyClassifier.from_defaults(load_encoder(encoder), runtime=guard_runtime)
         if generator is None:
             lm, tokenizer = load_causal_lm(
                 model, adapter, merge_adapter=merge_adapter, device=device

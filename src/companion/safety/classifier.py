@@ -123,7 +123,10 @@ class SafetyClassifier:
 
     @classmethod
     def from_defaults(
-        cls, encoder: Encoder | None = None, artifact: str | Path | None = None
+        cls,
+        encoder: Encoder | None = None,
+        artifact: str | Path | None = None,
+        runtime: str = "torch",
     ) -> SafetyClassifier:
         """The shipped classifier (or the artifact folder ``artifact``) on its encoder.
 
@@ -135,6 +138,9 @@ class SafetyClassifier:
                 copy of this encoder (the one passed in is not changed), after truncation to
                 the policy's ``encoder_layers`` and before its ``encoder_quantization``.
             artifact: A folder written by ``safety/calibrate.py``; ``None`` for the shipped one.
+            runtime: How the head's encoder runs: ``"torch"``, or ONNX Runtime (``"onnx"``,
+                ``"onnx-int8"``; :mod:`companion.safety.onnx_runtime`), exported once and
+                cached, on as many threads as torch has.
 
         Raises:
             ModelLoadError: the artifact is missing or was trained on another encoder.
@@ -163,6 +169,12 @@ class SafetyClassifier:
             adapter=adapter,
             quantization=policy.encoder_quantization,
         )
+        if runtime != "torch":
+            import torch
+
+            from .onnx_runtime import onnx_encoder
+
+            encoder = onnx_encoder(encoder, runtime, threads=torch.get_num_threads())
         return cls(encoder, head, policy, cross)
 
     @property

@@ -204,6 +204,11 @@ class ServerSettings(GeneratorSettings):
         ge=1,
         description="torch intra-op threads for the guard and the model; None: half the CPUs",
     )
+    guard_runtime: Literal["torch", "onnx", "onnx-int8"] = Field(
+        default="torch",
+        description="the guard encoder's runtime: torch, or ONNX Runtime fp32 / int8 (needs"
+        " pip install 'companion[onnx]'; docs/benchmarks.md has speed and agreement)",
+    )
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         default="info", description="log level of `companion serve`"
     )
