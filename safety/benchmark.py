@@ -9,7 +9,9 @@ Times, per text (one call each, batch of one, as the pipeline does):
 - ``check+ctx``: the same with three earlier user turns (newest and window encoded; the turns
   before the newest too, in a second call, when the window scores above the newest alone);
 - ``reply``: ``classify(..., role="assistant")``, the output check of a model reply;
-- ``st.encode``: ``SentenceTransformer.encode`` for reference.
+- ``st.encode``: ``SentenceTransformer.encode`` for reference;
+- with ``--runtimes torch,onnx,onnx-int8``: ``encoder``, ``check`` and ``check+ctx`` again
+  with the guard's encoder on each ONNX Runtime variant (``name@runtime``).
 
 A policy whose users are read by a cross-encoder (``user_reader: cross``) runs ``check`` and
 ``check+ctx`` through it (one forward pass over the text pair) and ``reply`` through the head.
@@ -20,6 +22,7 @@ milliseconds and the check / encoder and check / minilm ratios; writes
 
 Usage:
     python safety/benchmark.py [--n 200] [--threads 0] [--artifact runs/safety/artifact]
+        [--runtimes torch,onnx,onnx-int8]
 """
 
 from __future__ import annotations
@@ -45,6 +48,9 @@ class Args:
     warmup: int = field(default=20, metadata={"help": "untimed calls first"})
     run_dir: str = field(default=DEFAULT_RUN_DIR, metadata={"help": "where to write results"})
     artifact: str = field(default="", metadata={"help": "artifact folder ('': the shipped one)"})
+    runtimes: str = field(
+        default="torch", metadata={"help": "guard runtimes, comma-separated: torch,onnx,onnx-int8"}
+    )
 
 
 def timeit(fn: Callable[[str], object], texts: list[str]) -> list[float]:
@@ -100,6 +106,11 @@ def main(args: Args) -> None:
         "reply": lambda t: clf.classify(t, role="assistant"),
         "st.encode": lambda t: st.encode([t]),
     }
+    for runtime in [r for r in args.runtimes.split(",") if r and r != "torch"]:
+        other = SafetyClassifier.from_defaults(artifact=args.artifact or None, runtime=runtime)
+        runs[f"encoder@{runtime}"] = lambda t, e=other.encoder: e.encode([normalize(t)])
+        runs[f"check@{runtime}"] = lambda t, c=other: c.classify(t)
+        runs[f"check+ctx@{runtime}"] = lambda t, c=other: c.classify(t, context=context)
     for fn in runs.values():
         timeit(fn, texts[: args.warmup])
     # Round-robin per text, so that load from other processes hits every variant alike.
@@ -113,7 +124,10 @@ def main(args: Args) -> None:
     ratio_ctx = med["check+ctx"] / med["encoder"]
     ratio_base = med["check"] / med["minilm"]
     for name, r in results.items():
-        print(f"  {name:10s} median {r['median_ms']:7.2f} ms   p95 {r['p95_ms']:7.2f} ms")
+        print(
+            f"  {name:20s} median {r['median_ms']:7.2f} ms   p95 {r['p95_ms']:7.2f} ms   "
+            f"{r['median_ms'] / med['check']:.2f}x torch check"
+        )
     print(f"  guard encoder: {enc.name}; users read by: {clf.policy.user_reader}")
     print(f"  check / encoder (median): {ratio:.2f}x; check+ctx / encoder: {ratio_ctx:.2f}x")
     print(f"  check / full MiniLM fp32 encoder (median): {ratio_base:.2f}x")
