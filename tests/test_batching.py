@@ -79,6 +79,22 @@ def test_a_request_arriving_mid_batch_joins_between_steps(lm):
     assert steps[0] == 1 and len(grew) >= 2, steps  # later requests joined a running batch
 
 
+def test_a_shared_prompt_start_is_prefilled_once(lm):
+    """Prompts with the same system prompt: the second prefills only what follows it, and its
+    greedy reply is still the serial one."""
+    model, tok = lm
+    system = {"role": "system", "content": "You are a kind, brief companion. " * 6}
+
+    def ask(gen, prompt):
+        return "".join(gen.stream([system, {"role": "user", "content": prompt}], GREEDY))
+
+    serial = [ask(HFGenerator(model, tok), p) for p in PROMPTS[:2]]
+    gen = BatchedGenerator(model, tok, max_batch=8)
+    assert [ask(gen, p) for p in PROMPTS[:2]] == serial
+    (_, r1), (n2, r2) = gen.reused
+    assert r1 == 0 and 40 <= r2 < n2  # the system prompt's tokens (and more) were reused
+
+
 def test_rows_decode_with_their_own_settings_and_seeds(lm):
     """A greedy and two seeded sampling requests share steps: the greedy one is its serial
     reply and a seed gives the same reply as the same seed alone."""

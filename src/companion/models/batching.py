@@ -7,6 +7,10 @@ one worker thread owns the model and decodes step by step over the running set:
 
 - a new request **joins between steps**: its prompt is run alone (prefill), then its key/value
   cache is left-padded to the running set's length and joined on the batch axis;
+- the prefill skips the start a prompt shares with the last prompt prefilled in full (the
+  system prompt at least, and a session's earlier turns): that start's keys and values are
+  kept and reused, since on a CPU prefilling the system prompt costs more than decoding a
+  short reply;
 - each step feeds every running row its last token (one forward pass, explicit positions, the
   padding masked out) and picks each row's next token with that row's own decoding settings
   (repetition penalty, temperature, top-k, top-p, its own seeded random generator);
@@ -36,6 +40,7 @@ __all__ = ["BatchedGenerator"]
 
 _END = object()
 _TOP_K = 50  # transformers' default top-k when sampling and the model's config sets none
+_MIN_PREFIX = 16  # shortest shared prompt start worth reusing, in tokens
 
 
 @dataclass
@@ -123,8 +128,11 @@ class BatchedGenerator(HFGenerator):
         self._top_k = _TOP_K if top_k is None else int(top_k)
         self._cache_arg = _cache_argument(model)
         self._stops = set(self._stop_ids)
+        self._prefix: tuple[list[int], list[tuple[Any, Any]]] | None = None
         self.steps: deque[int] = deque(maxlen=4096)
         """Rows in each of the latest decoding steps (for tests and benchmarks; bounded)."""
+        self.reused: deque[tuple[int, int]] = deque(maxlen=4096)
+        """(prompt tokens, tokens of them reused from the shared prefix) of the latest prefills."""
 
     def stream(
         self,
@@ -241,27 +249,42 @@ class _Batch:
         self.mask: Any = None  # (rows, length) 1 for real tokens, 0 for left padding
 
     def join(self, req: _Request) -> None:
-        """Prefill ``req`` alone, pick its first token and join it to the running rows."""
+        """Prefill ``req`` alone (after the shared prefix, when it has one), pick its first token
+        and join it to the running rows."""
         import torch
         from transformers import DynamicCache
 
         gen = self.gen
         row = _Row(req, gen._processors(req.config), gen._top_k)
-        ids = torch.tensor([req.ids], device=gen.model.device)
+        device = gen.model.device
+        n = len(req.ids)
+        reuse = 0
+        if gen._prefix is not None:
+            reuse = min(_common_length(gen._prefix[0], req.ids), n - 1)
+        if reuse >= _MIN_PREFIX:
+            kv = [(k[:, :, :reuse], v[:, :, :reuse]) for k, v in gen._prefix[1]]  # type: ignore[index]
+            cache = DynamicCache(ddp_cache_data=kv, config=gen.model.config)
+        else:
+            reuse, cache = 0, DynamicCache(config=gen.model.config)
+        ids = torch.tensor([req.ids[reuse:]], device=device)
         with torch.inference_mode():
             out = gen.model(
                 input_ids=ids,
-                attention_mask=torch.ones_like(ids),
+                attention_mask=torch.ones(1, n, dtype=torch.long, device=device),
+                position_ids=torch.arange(reuse, n, device=device)[None],
                 use_cache=True,
                 logits_to_keep=1,
-                **{gen._cache_arg: DynamicCache(config=gen.model.config)},
+                **{gen._cache_arg: cache},
             )
         cache = getattr(out, gen._cache_arg)
+        gen.reused.append((n, reuse))
+        if not reuse:  # the next prompts with the same start (system prompt, history) reuse it
+            gen._prefix = (list(req.ids), [(layer.keys, layer.values) for layer in cache.layers])
         gen._emit(row, row.pick(out.logits[0, -1]))
         if req.finished:
             return
         kv = [(layer.keys, layer.values) for layer in cache.layers]
-        mask = torch.ones(1, ids.shape[1], dtype=torch.long, device=ids.device)
+        mask = torch.ones(1, n, dtype=torch.long, device=device)
         if not self.rows:
             self.rows, self.cache, self.mask = [row], cache, mask
             return
@@ -317,6 +340,16 @@ class _Batch:
             for layer in self.cache.layers
         ]
         self.cache = DynamicCache(ddp_cache_data=kv, config=gen.model.config)
+
+
+def _common_length(a: Sequence[int], b: Sequence[int]) -> int:
+    """How many leading tokens ``a`` and ``b`` share."""
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return n
 
 
 def _cache_argument(model: Any) -> str:
