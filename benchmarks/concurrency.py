@@ -11,12 +11,13 @@ as JSON and a PNG of the curve (`--out`).
 
 With `--batch-size 1` (the default setting) generation runs one request at a time: flat
 tokens/s, latency growing with N. `--batch-size 8` sets `generation_batch_size`: concurrent
-turns share batches on the model (`companion.models.batching`). Issue 15's target at 8
-sessions: >= 4x the tokens/s of one and <= 2.5x its p50.
+turns share decoding steps on the model (`companion.models.batching`). `--guard-runtime onnx`
+sets `guard_runtime`. Issue 15's target at 8 sessions: >= 4x the tokens/s of one and <= 2.5x
+its p50.
 
 Usage:
     python benchmarks/concurrency.py [--levels 1,2,4,8] [--turns 2] [--max-new-tokens 32]
-        [--batch-size 8]
+        [--batch-size 8] [--guard-runtime onnx]
 """
 
 from __future__ import annotations
@@ -123,6 +124,7 @@ def main() -> None:
     ap.add_argument("--max-new-tokens", type=int, default=32)
     ap.add_argument("--torch-threads", type=int, default=1)
     ap.add_argument("--batch-size", type=int, default=1, help="generation_batch_size")
+    ap.add_argument("--guard-runtime", default="torch", help="guard_runtime: torch, onnx...")
     ap.add_argument("--out", default="benchmarks/out/concurrency", help="JSON and PNG prefix")
     args = ap.parse_args()
     levels = [int(x) for x in args.levels.split(",")]
@@ -142,6 +144,7 @@ def main() -> None:
             "COMPANION_TORCH_THREADS": str(args.torch_threads),
             "COMPANION_GENERATION_QUEUE_DEPTH": str(max(levels) * 2),
             "COMPANION_GENERATION_BATCH_SIZE": str(args.batch_size),
+            "COMPANION_GUARD_RUNTIME": args.guard_runtime,
             "OMP_NUM_THREADS": str(args.torch_threads),
         }
     )
@@ -160,6 +163,7 @@ def main() -> None:
     print(
         f"machine: {platform.machine()}, {os.cpu_count()} CPUs, load {os.getloadavg()}; "
         f"torch threads {args.torch_threads}; generation_batch_size {args.batch_size}; "
+        f"guard_runtime {args.guard_runtime}; "
         f"greedy, {args.max_new_tokens} new tokens; "
         f"{args.turns} turns per session, a fresh session each"
     )
