@@ -78,14 +78,18 @@ def test_a_runtime_that_cannot_run_is_refused_clearly(torch_guard, cache, monkey
 
 
 def test_the_server_setting_selects_the_runtime(cache):
+    from structlog.testing import capture_logs
+
     from companion.client import CompanionClient
     from companion.testing import run_test_server, test_settings
     from companion.types import Action
 
     settings = test_settings(max_new_tokens=8).replace(guard_runtime="onnx")
-    with run_test_server(settings=settings) as server:
+    with capture_logs() as logs, run_test_server(settings=settings) as server:
         guard = server.server._companion.pipeline.guard
         assert guard.encoder.name.endswith("+onnx")
+        loaded = [e for e in logs if e["event"] == "models_loaded"]
+        assert [e["guard_encoder"] for e in loaded] == [guard.encoder.name]  # operators see it
         with CompanionClient(server.address, timeout=300) as cl:
             sid = cl.create_session()
             assert cl.send(sid, "I want to kill myself tonight").action is Action.REDIRECTED

@@ -68,7 +68,7 @@ def load_companion(settings: ServerSettings) -> Companion:
 
     threads = set_torch_threads(settings.torch_threads)
     log.info("torch_threads", threads=threads)
-    return Companion.from_defaults(
+    companion = Companion.from_defaults(
         make_store(settings),
         model=settings.model,
         adapter=settings.adapter,
@@ -80,6 +80,14 @@ def load_companion(settings: ServerSettings) -> Companion:
         batch_size=settings.generation_batch_size,
         guard_runtime=settings.guard_runtime,
     )
+    guard = companion.pipeline.guard
+    log.info(
+        "models_loaded",
+        guard_policy=getattr(guard, "policy_version", None),
+        guard_encoder=getattr(getattr(guard, "encoder", None), "name", None),
+        generator=type(companion.pipeline.generator).__name__,
+    )
+    return companion
 
 
 def make_store(settings: ServerSettings) -> SessionStore | Literal["sqlite", "memory"]:
