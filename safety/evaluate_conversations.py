@@ -159,7 +159,9 @@ def replay(
                 (float(all(d is Decision.NONE for d in decisions)), cid)
             )
             continue
-        first = next(i for i, lab in enumerate(labels) if lab != "none")
+        first = next((i for i, lab in enumerate(labels) if lab != "none"), None)
+        if first is None:  # a risk conversation cut before its risk turn (a subset's rows)
+            continue
         caught = [i for i, d in enumerate(decisions) if i >= first and d is not Decision.NONE]
         late.append(caught[0] - first if caught else None)
         stats["risk_caught_at_first"].append((float(bool(caught) and caught[0] == first), cid))
