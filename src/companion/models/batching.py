@@ -62,7 +62,7 @@ class _Request:
 class _Row:
     """A running request: its tokens so far, its next position and how it picks tokens."""
 
-    def __init__(self, req: _Request, processors: Any, top_k: int) -> None:
+    def __init__(self, req: _Request, processors: Any) -> None:
         import torch
 
         self.req = req
@@ -76,7 +76,6 @@ class _Row:
                 self.sampler.seed()
             else:
                 self.sampler.manual_seed(req.config.seed)
-        self.top_k = top_k
 
     def pick(self, logits: Any) -> int:
         """The next token from this row's last-position logits."""
@@ -255,7 +254,7 @@ class _Batch:
         from transformers import DynamicCache
 
         gen = self.gen
-        row = _Row(req, gen._processors(req.config), gen._top_k)
+        row = _Row(req, gen._processors(req.config))
         device = gen.model.device
         n = len(req.ids)
         reuse = 0
