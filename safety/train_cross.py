@@ -69,7 +69,13 @@ def user_rows(path: Path, excluded: set[str]) -> list[dict[str, Any]]:
 
 def pairs_of(rows: list[dict[str, Any]], turns: int) -> list[tuple[str, str]]:
     return [
-        pair_texts(r["text"], r.get("context", ()), bool(r.get("last_assistant")), turns)
+        pair_texts(
+            r["text"],
+            r.get("context", ()),
+            bool(r.get("last_assistant")),
+            turns,
+            r.get("redirected", ()),
+        )
         for r in rows
     ]
 

@@ -33,6 +33,7 @@ class FakeGuard:
         role: Role | str = Role.USER,
         context: Sequence[str] = (),
         last_assistant: str = "",
+        redirected: Sequence[int] = (),
     ) -> Verdict:
         role = Role(role)
         self.calls.append((text, role, tuple(context)))
