@@ -52,12 +52,12 @@ def test_the_guard_is_told_which_earlier_turns_got_the_resource_message(make_pip
     assert p.turn(sid, "i took them all CRISIS").action is Action.REDIRECTED
     p.turn(sid, "ok thanks")
     p.turn(sid, "what should i cook")
-    inputs = [r for r, (_, role, _) in zip(guard.redirected, guard.calls) if role is Role.USER]
-    assert inputs == [(), (), (1,), (1,)]  # positions in the guard's three-turn context
     p.turn(sid, "fine")  # the redirected turn is now the oldest of the three
     p.turn(sid, "bye")
-    users = [r for r, (_, role, _) in zip(guard.redirected, guard.calls) if role is Role.USER]
-    assert users[-2:] == [(0,), ()]
+    calls = zip(guard.redirected, guard.calls, strict=True)
+    inputs = [r for r, (_, role, _) in calls if role is Role.USER]
+    # positions in the guard's three-turn context
+    assert inputs == [(), (), (1,), (1,), (0,), ()]
 
 
 def test_a_yes_to_the_check_in_redirects(make_pipeline):
