@@ -5,7 +5,8 @@ turns as the first text (newest last; a fixed marker after each one the companio
 with a resource message, and another when its last message was the check-in question), the
 newest message as the second. Self-attention reads the message in the light of the
 conversation, instead of comparing two separately pooled embeddings. A linear head over the
-mean-pooled tokens gives four logits, softmaxed at the calibrated temperature: ``none``, ``check_in``, ``crisis``, ``medical``.
+mean-pooled tokens gives four logits, softmaxed at the calibrated temperature: ``none``,
+``check_in``, ``crisis``, ``medical``.
 
 Model replies are not read by this model: the embedding head of the same artifact and the
 risk-topic rule (``topics.py``) check them.
