@@ -203,3 +203,18 @@ def test_the_server_batches_concurrent_turns_on_the_real_model():
             t.join(300)
         assert all(r.action is Action.ANSWERED and r.text for r in replies.values()), replies
         assert len(replies) == len(PROMPTS) and max(gen.steps) >= 2, gen.steps
+
+
+def test_the_static_cache_gives_the_plain_paths_greedy_replies(lm):
+    model, tok = lm
+    plain, static = HFGenerator(model, tok), HFGenerator(model, tok, static_cache=True)
+    for prompt in PROMPTS[:2]:
+        assert _ask(static, prompt) == _ask(plain, prompt)
+    assert model.generation_config.cache_implementation is None  # asked per call, not set
+
+
+def test_the_static_cache_needs_one_turn_at_a_time():
+    from companion import Companion
+
+    with pytest.raises(ValueError, match="batch_size=1"):
+        Companion.from_defaults("memory", batch_size=2, static_cache=True)

@@ -75,6 +75,10 @@ def test_settings_are_frozen():
         ({"api_keys": ("short",)}, "at least 16"),
         ({"log_level": "loud"}, "log_level\n  Input should be 'debug'"),
         ({"metrics_port": -1}, "metrics_port"),
+        (
+            {"generation_static_cache": True, "generation_batch_size": 4},
+            "generation_static_cache needs generation_batch_size=1",
+        ),
     ],
 )
 def test_bad_values_are_named(changes, match):

@@ -111,6 +111,7 @@ class Companion:
         generator: Generator | None = None,
         batch_size: int = 1,
         guard_runtime: str = "torch",
+        static_cache: bool = False,
     ) -> Companion:
         """Build a companion on the embedded models (or the ones named).
 
@@ -141,16 +142,22 @@ class Companion:
                 its decoding steps, a new one joining at the next step
                 (:class:`~companion.models.BatchedGenerator`); 1, one at a time
                 (:class:`~companion.models.HFGenerator`).
+            static_cache: With ``batch_size=1``, decode with a static key/value cache, which
+                transformers compiles with ``torch.compile`` on a CUDA device (see
+                :class:`~companion.models.HFGenerator`).
             guard_runtime: The guard encoder's runtime: ``"torch"``, or ONNX Runtime
                 (``"onnx"``, ``"onnx-int8"``; needs ``companion[onnx]``), see
                 :meth:`~companion.safety.SafetyClassifier.from_defaults`.
 
         Raises:
             ModelLoadError: a model, adapter or package is missing.
+            ValueError: ``static_cache`` with ``batch_size`` above 1.
         """
         from .models import BatchedGenerator, HFGenerator, load_causal_lm, load_encoder
         from .safety import SafetyClassifier
 
+        if static_cache and batch_size > 1:
+            raise ValueError("static_cache needs batch_size=1: batched rows join a growing cache")
         store = _make_store(session_store, db_path, redis_url)
         guard = SafetyClassifier.from_defaults(load_encoder(encoder), runtime=guard_runtime)
         if generator is None:
@@ -158,7 +165,7 @@ class Companion:
                 model, adapter, merge_adapter=merge_adapter, device=device
             )
             generator = (
-                HFGenerator(lm, tokenizer)
+                HFGenerator(lm, tokenizer, static_cache=static_cache)
                 if batch_size == 1
                 else BatchedGenerator(lm, tokenizer, max_batch=batch_size)
             )

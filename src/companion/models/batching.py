@@ -62,7 +62,7 @@ class _Request:
 class _Row:
     """A running request: its tokens so far, its next position and how it picks tokens."""
 
-    def __init__(self, req: _Request, processors: Any) -> None:
+    def __init__(self, req: _Request, processors: Any, device: Any) -> None:
         import torch
 
         self.req = req
@@ -71,7 +71,7 @@ class _Row:
         self.processors = processors
         self.sampler: Any = None
         if req.config.do_sample:
-            self.sampler = torch.Generator()
+            self.sampler = torch.Generator(device=device)  # where the logits are
             if req.config.seed is None:
                 self.sampler.seed()
             else:
@@ -81,7 +81,7 @@ class _Row:
         """The next token from this row's last-position logits."""
         import torch
 
-        ids = torch.tensor([self.seq])
+        ids = torch.tensor([self.seq], device=logits.device)
         scores = self.processors(ids, logits[None].float())
         if self.sampler is None:
             return int(scores[0].argmax())
@@ -254,8 +254,8 @@ class _Batch:
         from transformers import DynamicCache
 
         gen = self.gen
-        row = _Row(req, gen._processors(req.config))
         device = gen.model.device
+        row = _Row(req, gen._processors(req.config), device)
         n = len(req.ids)
         reuse = 0
         if gen._prefix is not None:

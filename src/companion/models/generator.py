@@ -24,6 +24,10 @@ class HFGenerator:
         tokenizer: Its tokenizer: with a chat template, or at least an EOS token.
         context_window: Tokens of prompt plus reply; defaults to the model's
             ``max_position_embeddings``.
+        static_cache: Decode with a fixed-shape key/value cache (``cache_implementation=
+            "static"``). On a CUDA device transformers then compiles the decoding step with
+            ``torch.compile`` (the first turns of each new length pay the compile); on a CPU it
+            only changes the cache. Off by default: the plain path is the CPU default.
 
     Example:
         >>> lm, tok = load_causal_lm()
@@ -31,7 +35,13 @@ class HFGenerator:
         >>> "".join(gen.stream([{"role": "user", "content": "hi"}], GenerationConfig()))
     """
 
-    def __init__(self, model: Any, tokenizer: Any, context_window: int | None = None) -> None:
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        context_window: int | None = None,
+        static_cache: bool = False,
+    ) -> None:
         if not has_chat_template(tokenizer) and not getattr(tokenizer, "eos_token", None):
             raise ValueError(
                 "the tokenizer has neither a chat template nor an EOS token; pass a chat model "
@@ -44,6 +54,7 @@ class HFGenerator:
         )
         # Stop at the end of the assistant turn, whatever the template calls it.
         self._stop_ids = stop_token_ids(tokenizer, model)
+        self.static_cache = static_cache
         # One generation at a time per model: torch modules are not re-entrant across threads
         # for our purposes, and on a 2-core CPU concurrency would only add contention.
         self._lock = threading.Lock()
@@ -102,6 +113,8 @@ class HFGenerator:
             "stopping_criteria": StoppingCriteriaList([_Stop()]),
             "streamer": streamer,
         }
+        if self.static_cache:
+            kwargs["cache_implementation"] = "static"
         errors: list[BaseException] = []
 
         def run() -> None:

@@ -78,6 +78,7 @@ def load_companion(settings: ServerSettings) -> Companion:
         device=settings.device,
         generator=make_generator(settings),
         batch_size=settings.generation_batch_size,
+        static_cache=settings.generation_static_cache,
         guard_runtime=settings.guard_runtime,
     )
     guard = companion.pipeline.guard

@@ -185,6 +185,11 @@ class ServerSettings(GeneratorSettings):
         le=64,
         description="turns that generate at once, batched on the local model (1: one at a time)",
     )
+    generation_static_cache: bool = Field(
+        default=False,
+        description="static key/value cache; on CUDA transformers compiles the decoding step"
+        " (needs generation_batch_size=1)",
+    )
     guard_timeout_seconds: float = Field(
         default=10.0,
         gt=0,
@@ -261,6 +266,8 @@ class ServerSettings(GeneratorSettings):
             raise ValueError("tls_cert_file and tls_key_file go together: give both or neither")
         if self.tls_client_ca_file is not None and self.tls_cert_file is None:
             raise ValueError("tls_client_ca_file (mutual TLS) needs tls_cert_file and tls_key_file")
+        if self.generation_static_cache and self.generation_batch_size > 1:
+            raise ValueError("generation_static_cache needs generation_batch_size=1")
         return self
 
     @field_validator(*_OPTIONAL_PATHS, mode="before")
