@@ -95,6 +95,18 @@ def test_a_shared_prompt_start_is_prefilled_once(lm):
     assert r1 == 0 and 40 <= r2 < n2  # the system prompt's tokens (and more) were reused
 
 
+def test_a_sessions_next_turn_starts_from_its_last_prompt_and_reply(lm):
+    model, tok = lm
+    first = [{"role": "user", "content": PROMPTS[0]}]
+    gen = BatchedGenerator(model, tok, max_batch=8)
+    reply = "".join(gen.stream(first, GREEDY))
+    second = [*first, {"role": "assistant", "content": reply}, {"role": "user", "content": "Why?"}]
+    again = "".join(gen.stream(second, GREEDY))
+    assert again == "".join(HFGenerator(model, tok).stream(second, GREEDY))
+    (n1, _), (n2, r2) = gen.reused
+    assert r2 > n1 + len(tok(reply)["input_ids"]) // 2  # the prompt and most of the reply
+
+
 def test_rows_decode_with_their_own_settings_and_seeds(lm):
     """A greedy and two seeded sampling requests share steps: the greedy one is its serial
     reply and a seed gives the same reply as the same seed alone."""

@@ -7,10 +7,10 @@ one worker thread owns the model and decodes step by step over the running set:
 
 - a new request **joins between steps**: its prompt is run alone (prefill), then its key/value
   cache is left-padded to the running set's length and joined on the batch axis;
-- the prefill skips the start a prompt shares with the last prompt prefilled in full (the
-  system prompt at least, and a session's earlier turns): that start's keys and values are
-  kept and reused, since on a CPU prefilling the system prompt costs more than decoding a
-  short reply;
+- the prefill skips the longest start a prompt shares with a recent prompt or a finished
+  reply (:class:`~companion.models._prefix_cache.PrefixCache`): the system prompt at least,
+  and for a session's next turn its earlier turns and the reply the model just wrote, since on
+  a CPU prefilling them costs more than decoding a short reply;
 - each step feeds every running row its last token (one forward pass, explicit positions, the
   padding masked out) and picks each row's next token with that row's own decoding settings
   (repetition penalty, temperature, top-k, top-p, its own seeded random generator);
@@ -34,6 +34,7 @@ from typing import Any
 
 from ..config import GenerationConfig
 from ..protocols import ChatMessage, ShouldStop
+from ._prefix_cache import PrefixCache
 from .generator import HFGenerator
 
 __all__ = ["BatchedGenerator"]
@@ -98,6 +99,8 @@ class BatchedGenerator(HFGenerator):
         tokenizer: Its tokenizer (as for :class:`HFGenerator`).
         max_batch: Most requests decoding at once; more wait for a row to free.
         context_window: As for :class:`HFGenerator`.
+        prefix_cache_mb: Memory for the keys and values of recent prompts and replies that
+            later prompts start with (0: none reused).
 
     A seeded request samples from its own random generator, so its seed is honoured inside a
     batch; the reply can still differ from a run alone in rare near-ties, since batched
@@ -105,7 +108,12 @@ class BatchedGenerator(HFGenerator):
     """
 
     def __init__(
-        self, model: Any, tokenizer: Any, max_batch: int = 8, context_window: int | None = None
+        self,
+        model: Any,
+        tokenizer: Any,
+        max_batch: int = 8,
+        context_window: int | None = None,
+        prefix_cache_mb: int = 256,
     ) -> None:
         from transformers import DynamicCache
         from transformers.cache_utils import DynamicLayer
@@ -127,11 +135,11 @@ class BatchedGenerator(HFGenerator):
         self._top_k = _TOP_K if top_k is None else int(top_k)
         self._cache_arg = _cache_argument(model)
         self._stops = set(self._stop_ids)
-        self._prefix: tuple[list[int], list[tuple[Any, Any]]] | None = None
+        self._prefixes = PrefixCache(prefix_cache_mb * 2**20)
         self.steps: deque[int] = deque(maxlen=4096)
         """Rows in each of the latest decoding steps (for tests and benchmarks; bounded)."""
         self.reused: deque[tuple[int, int]] = deque(maxlen=4096)
-        """(prompt tokens, tokens of them reused from the shared prefix) of the latest prefills."""
+        """(prompt tokens, tokens of them reused from a stored prefix) of the latest prefills."""
 
     def stream(
         self,
@@ -248,8 +256,8 @@ class _Batch:
         self.mask: Any = None  # (rows, length) 1 for real tokens, 0 for left padding
 
     def join(self, req: _Request) -> None:
-        """Prefill ``req`` alone (after the shared prefix, when it has one), pick its first token
-        and join it to the running rows."""
+        """Prefill ``req`` alone (after its longest stored prefix), pick its first token and join
+        it to the running rows."""
         import torch
         from transformers import DynamicCache
 
@@ -257,11 +265,10 @@ class _Batch:
         device = gen.model.device
         row = _Row(req, gen._processors(req.config), device)
         n = len(req.ids)
-        reuse = 0
-        if gen._prefix is not None:
-            reuse = min(_common_length(gen._prefix[0], req.ids), n - 1)
-        if reuse >= _MIN_PREFIX:
-            kv = [(k[:, :, :reuse], v[:, :, :reuse]) for k, v in gen._prefix[1]]  # type: ignore[index]
+        reuse, stored = gen._prefixes.longest(req.ids)
+        reuse = min(reuse, n - 1)
+        if reuse >= _MIN_PREFIX and stored is not None:
+            kv = [(k[:, :, :reuse], v[:, :, :reuse]) for k, v in stored]
             cache = DynamicCache(ddp_cache_data=kv, config=gen.model.config)
         else:
             reuse, cache = 0, DynamicCache(config=gen.model.config)
@@ -277,8 +284,7 @@ class _Batch:
             )
         cache = getattr(out, gen._cache_arg)
         gen.reused.append((n, reuse))
-        if not reuse:  # the next prompts with the same start (system prompt, history) reuse it
-            gen._prefix = (list(req.ids), [(layer.keys, layer.values) for layer in cache.layers])
+        gen._prefixes.put(req.ids, [(layer.keys, layer.values) for layer in cache.layers])
         gen._emit(row, row.pick(out.logits[0, -1]))
         if req.finished:
             return
@@ -299,6 +305,17 @@ class _Batch:
         self.cache = DynamicCache(ddp_cache_data=kv, config=gen.model.config)
         self.mask = torch.cat([_pad_mask(self.mask, width), _pad_mask(mask, width)])
         self.rows.append(row)
+
+    def _keep_prefix(self, k: int, row: _Row) -> None:
+        """Store row ``k``'s keys and values (its prompt and the reply tokens fed so far): the
+        session's next prompt starts with them."""
+        start = int(self.mask[k].nonzero()[0])
+        kv = [
+            (layer.keys[k : k + 1, :, start:].clone(), layer.values[k : k + 1, :, start:].clone())
+            for layer in self.cache.layers
+        ]
+        if kv and kv[0][0].shape[2] == row.position:
+            self.gen._prefixes.put(row.seq[: row.position], kv)
 
     def step(self) -> None:
         """One token for every running row; rows that stop leave."""
@@ -326,6 +343,9 @@ class _Batch:
         keep = [k for k, row in enumerate(self.rows) if not row.req.finished]
         if len(keep) == len(self.rows):
             return
+        for k, row in enumerate(self.rows):
+            if row.req.finished and not row.req.abandoned:
+                self._keep_prefix(k, row)
         self.rows = [self.rows[k] for k in keep]
         if not self.rows:
             self.cache = self.mask = None
@@ -339,16 +359,6 @@ class _Batch:
             for layer in self.cache.layers
         ]
         self.cache = DynamicCache(ddp_cache_data=kv, config=gen.model.config)
-
-
-def _common_length(a: Sequence[int], b: Sequence[int]) -> int:
-    """How many leading tokens ``a`` and ``b`` share."""
-    n = 0
-    for x, y in zip(a, b, strict=False):
-        if x != y:
-            break
-        n += 1
-    return n
 
 
 def _cache_argument(model: Any) -> str:
