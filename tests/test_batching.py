@@ -104,6 +104,7 @@ def test_a_sessions_next_turn_starts_from_its_last_prompt_and_reply(lm):
     again = "".join(gen.stream(second, GREEDY))
     assert again == "".join(HFGenerator(model, tok).stream(second, GREEDY))
     (n1, _), (n2, r2) = gen.reused
+    assert r2 < n2
     assert r2 > n1 + len(tok(reply)["input_ids"]) // 2  # the prompt and most of the reply
 
 
