@@ -124,10 +124,25 @@ BENIGN_AFTER_CRISIS = (
 )
 
 
+def _marks(clf, turns) -> tuple[int, ...]:
+    """The positions of ``turns`` the pipeline would have answered with the resource message:
+    each turn read in order with the turns before it and their marks (policy 3.4 ignores
+    marks; the cross-encoder policies read them)."""
+    marked: list[int] = []
+    for i, text in enumerate(turns):
+        if clf.classify(text, Role.USER, turns[:i], redirected=marked).fired:
+            marked.append(i)
+    return tuple(marked)
+
+
 def test_an_old_crisis_turn_does_not_retrigger_on_benign_turns(clf):
     context = ("I want to kill myself", "I called the helpline and my sister is with me now")
+    marks = _marks(clf, context)
+    assert 0 in marks  # the crisis turn was redirected
     alone = clf.classify_batch([ClassifyItem(t) for t in BENIGN_AFTER_CRISIS])
-    after = clf.classify_batch([ClassifyItem(t, Role.USER, context) for t in BENIGN_AFTER_CRISIS])
+    after = clf.classify_batch(
+        [ClassifyItem(t, Role.USER, context, redirected=marks) for t in BENIGN_AFTER_CRISIS]
+    )
     assert [v.category for v in after] == [v.category for v in alone]
     answered = sum(v.category is Category.NONE for v in alone)
     assert answered >= len(BENIGN_AFTER_CRISIS) - 2  # else the check above tests little
@@ -143,7 +158,15 @@ def _held_out_conversations() -> list[dict]:
 def test_held_out_conversations_both_ways(clf):
     convs = _held_out_conversations()
     kinds = defaultdict(list)
-    items = [ClassifyItem(c["turns"][-1], Role.USER, tuple(c["turns"][:-1])) for c in convs]
+    items = [
+        ClassifyItem(
+            c["turns"][-1],
+            Role.USER,
+            tuple(c["turns"][:-1]),
+            redirected=_marks(clf, tuple(c["turns"][:-1])),
+        )
+        for c in convs
+    ]
     for c, v in zip(convs, clf.classify_batch(items), strict=True):
         kinds[c["kind"]].append(v.category is Category.CRISIS)
     assert len(kinds["escalating"]) >= 5 and len(kinds["recovered"]) >= 5
