@@ -38,6 +38,7 @@ from _common import (
     EmbeddingCache,
     banner,
     cache_path,
+    classify_item,
     cross_reader_for,
     load_encoder_for,
     parse_args,
@@ -102,16 +103,7 @@ def catch_rate(clf: SafetyClassifier, run: Path, args: Args) -> dict[str, Any]:
         and r["source"] in CLEAN[("user", "risk")]
         and r["label"] in ("crisis", "check_in")
     ]
-    items = [
-        ClassifyItem(
-            r["text"],
-            Role.USER,
-            tuple(r.get("context", ())),
-            r.get("last_assistant", ""),
-            tuple(r.get("redirected", ())),
-        )
-        for r in rows
-    ]
+    items = [classify_item(r, "user") for r in rows]
     caught = np.array(
         [float(v.fired and v.category is Category.CRISIS) for v in clf.classify_batch(items)]
     )

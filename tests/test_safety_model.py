@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from companion.safety import ClassifyItem, SafetyClassifier
-from companion.types import Category, Role
+from companion.types import Category, Decision, Role
 
 from .conftest import safety_script
 
@@ -126,13 +126,11 @@ BENIGN_AFTER_CRISIS = (
 
 def _marks(clf, turns) -> tuple[int, ...]:
     """The positions of ``turns`` the pipeline would have answered with the resource message:
-    each turn read in order with the turns before it and their marks (policy 3.4 ignores
-    marks; the cross-encoder policies read them)."""
-    marked: list[int] = []
-    for i, text in enumerate(turns):
-        if clf.classify(text, Role.USER, turns[:i], redirected=marked).fired:
-            marked.append(i)
-    return tuple(marked)
+    the turns played in order as the pipeline plays them (check-in state, context and marks:
+    ``evaluate_conversations.play``). Policy 3.4 ignores marks; the cross-encoder reads them."""
+    replay = safety_script("evaluate_conversations")
+    decisions = replay.play(clf, [{"text": t} for t in turns], replay.Args())
+    return tuple(i for i, d in enumerate(decisions) if d is Decision.REDIRECT)
 
 
 def test_an_old_crisis_turn_does_not_retrigger_on_benign_turns(clf):

@@ -5,8 +5,8 @@ A session's next prompt starts with its last prompt and the reply the model wrot
 system prompt, then the earlier turns), so the worker keeps the key/value cache of every prompt
 it prefills and of every reply it finishes, and a new prompt is prefilled only after the longest
 start it shares with one of them. Entries are evicted oldest first past a byte budget. They hold
-conversation state in process memory only (never on disk), and go with the process or with
-eviction.
+conversation state in the model's device memory only (never on disk), and go with the process
+or with eviction.
 """
 
 from __future__ import annotations

@@ -175,7 +175,8 @@ class BatchedGenerator(HFGenerator):
                 if delta:
                     yield delta
         finally:
-            req.abandoned = True  # a caller that stops reading frees its row at the next step
+            if not req.finished:  # a caller that stops reading frees its row at the next step
+                req.abandoned = True
 
     def _processors(self, config: GenerationConfig) -> Any:
         from transformers import (

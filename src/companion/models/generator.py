@@ -26,8 +26,9 @@ class HFGenerator:
             ``max_position_embeddings``.
         static_cache: Decode with a fixed-shape key/value cache (``cache_implementation=
             "static"``). On a CUDA device transformers then compiles the decoding step with
-            ``torch.compile`` (the first turns of each new length pay the compile); on a CPU it
-            only changes the cache. Off by default: the plain path is the CPU default.
+            ``torch.compile`` (the first turn pays the compile, and a turn that needs a longer
+            cache than any before may recompile); on a CPU it only changes the cache. Off by
+            default: the plain path is the CPU default.
 
     Example:
         >>> lm, tok = load_causal_lm()

@@ -58,10 +58,10 @@ def pair_texts(
 ) -> tuple[str, str]:
     """The (conversation, message) pair the cross-encoder reads, normalised as at training.
 
-    The first text keeps the newest ``turns`` earlier user turns that fit in ``CONTEXT_WORDS``
-    words (older words dropped first), each one whose position in ``context`` is in
-    ``redirected`` followed by :data:`RESOURCE_MARK`; the message keeps its first
-    ``MESSAGE_WORDS`` words.
+    The first text keeps the newest ``turns`` earlier user turns, each one whose position in
+    ``context`` is in ``redirected`` followed by :data:`RESOURCE_MARK`, as far as they fit in
+    ``CONTEXT_WORDS`` words (markers count; older words dropped first); the message keeps its
+    first ``MESSAGE_WORDS`` words.
     """
     start = max(0, len(context) - turns) if turns > 0 else len(context)
     earlier = [
