@@ -157,12 +157,16 @@ def resolve_adapter(value: str, run_dir: str | Path) -> str:
 
 def features(rows: Sequence[dict[str, Any]], role: str, cache: EmbeddingCache, policy: Any) -> Any:
     """Feature rows exactly as :class:`companion.safety.SafetyClassifier` builds them."""
-    from companion.safety import encoder_inputs
+    from companion.safety import ClassifyItem, encoder_inputs
     from companion.safety.features import build_features
+    from companion.types import Role
 
     newest, windows = [], []
     for r in rows:
-        n, w = encoder_inputs(classify_item(r, role), policy)
+        item = ClassifyItem(
+            r["text"], Role(role), tuple(r.get("context", ())), r.get("last_assistant", "")
+        )
+        n, w = encoder_inputs(item, policy)
         newest.append(n)
         windows.append(w if w is not None else n)
     windowed = role == "user" and policy.user_features == "newest+window"
@@ -192,21 +196,6 @@ def cross_reader_for(policy: Any, artifact: str | Path | None) -> Any:
     return load_cross_reader(base, folder, policy.cross_temperature)
 
 
-def classify_item(r: dict[str, Any], role: str | None = None) -> Any:
-    """A split row as the runtime classifier's input: text, role (``role`` or the row's),
-    context, the check-in it answers and the positions of its redirected context turns."""
-    from companion.safety import ClassifyItem
-    from companion.types import Role
-
-    return ClassifyItem(
-        r["text"],
-        Role(role or r["role"]),
-        tuple(r.get("context", ())),
-        r.get("last_assistant", ""),
-        tuple(r.get("redirected", ())),
-    )
-
-
 def classifier_scores(
     rows: Sequence[dict[str, Any]],
     role: str,
@@ -217,10 +206,17 @@ def classifier_scores(
 ) -> np.ndarray:
     """Scores from the runtime :class:`SafetyClassifier` (context rule included), on cached
     embeddings; user rows through the policy's cross-encoder ``cross`` when it has one."""
-    from companion.safety import SafetyClassifier
+    from companion.safety import ClassifyItem, SafetyClassifier
+    from companion.types import Role
 
     clf = SafetyClassifier(cache, head, policy, cross)
-    return np.asarray(clf.score_batch([classify_item(r, role) for r in rows]))
+    items = [
+        ClassifyItem(
+            r["text"], Role(role), tuple(r.get("context", ())), r.get("last_assistant", "")
+        )
+        for r in rows
+    ]
+    return np.asarray(clf.score_batch(items))
 
 
 def banner(title: str) -> None:

@@ -38,14 +38,13 @@ from _common import (
     EmbeddingCache,
     banner,
     cache_path,
-    classify_item,
     cross_reader_for,
     load_encoder_for,
     parse_args,
     read_jsonl,
 )
 
-from companion._triage import apply_triage, guard_context, triage_state
+from companion._triage import apply_triage, triage_state
 from companion.safety import ClassifyItem, SafetyClassifier, encoder_inputs
 from companion.safety.artifact import encoder_adapter_dir, load_artifact
 from companion.types import Action, Category, Decision, Role, Turn
@@ -76,9 +75,9 @@ def play(clf: SafetyClassifier, turns: list[dict[str, Any]], args: Args) -> list
     decisions = []
     for t in turns:
         state = triage_state(history, args.quiet_turns)
-        context, redirected = guard_context(history, args.context_turns)
+        context = [h.text for h in history if h.role is Role.USER][-args.context_turns :]
         verdict, _ = apply_triage(
-            clf.classify(t["text"], Role.USER, context, state.check_in, redirected), state
+            clf.classify(t["text"], Role.USER, context, state.check_in), state
         )
         decisions.append(verdict.decision)
         action = _ACTION.get(verdict.decision, Action.REDIRECTED)
@@ -103,7 +102,10 @@ def catch_rate(clf: SafetyClassifier, run: Path, args: Args) -> dict[str, Any]:
         and r["source"] in CLEAN[("user", "risk")]
         and r["label"] in ("crisis", "check_in")
     ]
-    items = [classify_item(r, "user") for r in rows]
+    items = [
+        ClassifyItem(r["text"], Role.USER, tuple(r.get("context", ())), r.get("last_assistant", ""))
+        for r in rows
+    ]
     caught = np.array(
         [float(v.fired and v.category is Category.CRISIS) for v in clf.classify_batch(items)]
     )

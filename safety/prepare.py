@@ -230,32 +230,12 @@ def windows(rows: list[dict[str, Any]], rng: random.Random) -> list[dict[str, An
         out.append(row(t, "none", "user", "windows", context=ctx(benign), subtype="benign"))
     for t in rng.sample(benign, len(benign) // 2):
         # One old crisis turn must not re-trigger on every later benign turn.
-        # (The crisis turn is marked as the pipeline marks a turn it redirected.)
         context = ctx(benign, rng.randint(0, 2))
-        at = rng.randint(0, len(context))
-        context.insert(at, rng.choice(crisis))
-        out.append(
-            row(
-                t,
-                "none",
-                "user",
-                "windows",
-                context=context,
-                redirected=[at],
-                subtype="old_crisis",
-            )
-        )
+        context.insert(rng.randint(0, len(context)), rng.choice(crisis))
+        out.append(row(t, "none", "user", "windows", context=context, subtype="old_crisis"))
     for t in rng.sample(benign, len(benign) // 4):
         out.append(
-            row(
-                t,
-                "none",
-                "user",
-                "windows",
-                context=[rng.choice(medical)],
-                redirected=[0],
-                subtype="old_medical",
-            )
+            row(t, "none", "user", "windows", context=[rng.choice(medical)], subtype="old_medical")
         )
     return out
 

@@ -21,9 +21,10 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from _common import DEFAULT_RUN_DIR, banner, classify_item, parse_args, read_jsonl
+from _common import DEFAULT_RUN_DIR, banner, parse_args, read_jsonl
 
-from companion.safety import SafetyClassifier
+from companion.safety import ClassifyItem, SafetyClassifier
+from companion.types import Role
 
 
 @dataclass
@@ -43,7 +44,12 @@ def main(args: Args) -> None:
     rows = read_jsonl(Path(args.run_dir) / "splits" / f"{args.split}.jsonl")
     if args.limit:
         rows = rows[: args.limit]
-    items = [classify_item(r) for r in rows]
+    items = [
+        ClassifyItem(
+            r["text"], Role(r["role"]), tuple(r.get("context", ())), r.get("last_assistant", "")
+        )
+        for r in rows
+    ]
     artifact = args.artifact or None
     verdicts, times = {}, {}
     for runtime in ("torch", args.runtime):

@@ -69,13 +69,7 @@ def user_rows(path: Path, excluded: set[str]) -> list[dict[str, Any]]:
 
 def pairs_of(rows: list[dict[str, Any]], turns: int) -> list[tuple[str, str]]:
     return [
-        pair_texts(
-            r["text"],
-            r.get("context", ()),
-            bool(r.get("last_assistant")),
-            turns,
-            r.get("redirected", ()),
-        )
+        pair_texts(r["text"], r.get("context", ()), bool(r.get("last_assistant")), turns)
         for r in rows
     ]
 

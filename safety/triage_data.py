@@ -4,9 +4,7 @@ and the relabelled ambiguous seed rows.
 Labels are ``none`` / ``check_in`` / ``crisis`` / ``medical`` (``_common.targets`` maps them to
 the head's ``risk``, ``crisis`` and ``medical`` columns). A user turn that follows a turn
 labelled ``check_in`` answers the check-in question: its row carries the fixed English
-check-in message as ``last_assistant``, as the pipeline passes it; the earlier turns labelled
-``crisis`` or ``medical`` are listed in ``redirected`` (positions in ``context``), as the
-pipeline lists the turns it answered with a resource message.
+check-in message as ``last_assistant``, as the pipeline passes it.
 """
 
 from __future__ import annotations
@@ -21,7 +19,6 @@ from companion.resources import ResourceCatalogue
 __all__ = ["CHECK_IN_TEXT", "check_in_answers", "dialogues", "relabel_levels"]
 
 CHECK_IN_TEXT = ResourceCatalogue.load().check_in("en-GB")[0]
-REDIRECT_LABELS = ("crisis", "medical")
 CONTEXT_TURNS = 6  # earlier user turns kept on a row; the classifier uses the last 3
 
 
@@ -46,12 +43,6 @@ def dialogues(seed_dir: Path, seed: int, row: Any, split: Any) -> dict[str, list
                         "dialogues",
                         context=[p["text"] for p in turns[max(0, i - CONTEXT_TURNS) : i]],
                         last_assistant=CHECK_IN_TEXT if answers else "",
-                        # the earlier turns the guard should have answered with the resources
-                        redirected=[
-                            j
-                            for j, p in enumerate(turns[max(0, i - CONTEXT_TURNS) : i])
-                            if p["label"] in REDIRECT_LABELS
-                        ],
                         subtype=f"{c['kind']}/{c.get('pattern') or c.get('topic', '')}",
                         conversation=c["id"],
                         turn=i,

@@ -9,14 +9,7 @@ import pytest
 
 from companion.errors import ModelLoadError
 from companion.safety import LinearHead, Policy, SafetyClassifier, load_artifact
-from companion.safety.cross import (
-    CHECK_IN_MARK,
-    CLASSES,
-    RESOURCE_MARK,
-    CrossReader,
-    pair_texts,
-    scores,
-)
+from companion.safety.cross import CHECK_IN_MARK, CLASSES, CrossReader, pair_texts, scores
 from companion.types import Category, Decision, Role
 
 LABELS = ("crisis", "medical", "risk")
@@ -101,18 +94,6 @@ def test_the_reader_sees_the_conversation_and_the_check_in_marker():
     first, message = reader.pairs[-1]
     assert message == "maybe"
     assert first == f"two | three | four {CHECK_IN_MARK}"  # the newest 3 turns, then the mark
-
-
-def test_the_reader_sees_which_earlier_turns_got_the_resource_message():
-    reader = ScriptedReader({"ok": PASSIVE})
-    clf = _clf(reader)
-    clf.classify("ok", context=["one", "two", "three", "four"], redirected=(0, 2))
-    first, _ = reader.pairs[-1]
-    assert first == f"two | three {RESOURCE_MARK} | four"  # turn 0 fell out of the window
-    assert pair_texts("ok", ["a", "", "c"], False, 3, redirected=(2,)) == (
-        f"a | c {RESOURCE_MARK}",
-        "ok",
-    )
 
 
 def test_pair_texts_keeps_the_newest_context_words_and_the_message_start():

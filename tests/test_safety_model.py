@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from companion.safety import ClassifyItem, SafetyClassifier
-from companion.types import Category, Decision, Role
+from companion.types import Category, Role
 
 from .conftest import safety_script
 
@@ -124,23 +124,10 @@ BENIGN_AFTER_CRISIS = (
 )
 
 
-def _marks(clf, turns) -> tuple[int, ...]:
-    """The positions of ``turns`` the pipeline would have answered with the resource message:
-    the turns played in order as the pipeline plays them (check-in state, context and marks:
-    ``evaluate_conversations.play``). Policy 3.4 ignores marks; the cross-encoder reads them."""
-    replay = safety_script("evaluate_conversations")
-    decisions = replay.play(clf, [{"text": t} for t in turns], replay.Args())
-    return tuple(i for i, d in enumerate(decisions) if d is Decision.REDIRECT)
-
-
 def test_an_old_crisis_turn_does_not_retrigger_on_benign_turns(clf):
     context = ("I want to kill myself", "I called the helpline and my sister is with me now")
-    marks = _marks(clf, context)
-    assert 0 in marks  # the crisis turn was redirected
     alone = clf.classify_batch([ClassifyItem(t) for t in BENIGN_AFTER_CRISIS])
-    after = clf.classify_batch(
-        [ClassifyItem(t, Role.USER, context, redirected=marks) for t in BENIGN_AFTER_CRISIS]
-    )
+    after = clf.classify_batch([ClassifyItem(t, Role.USER, context) for t in BENIGN_AFTER_CRISIS])
     assert [v.category for v in after] == [v.category for v in alone]
     answered = sum(v.category is Category.NONE for v in alone)
     assert answered >= len(BENIGN_AFTER_CRISIS) - 2  # else the check above tests little
@@ -156,15 +143,7 @@ def _held_out_conversations() -> list[dict]:
 def test_held_out_conversations_both_ways(clf):
     convs = _held_out_conversations()
     kinds = defaultdict(list)
-    items = [
-        ClassifyItem(
-            c["turns"][-1],
-            Role.USER,
-            tuple(c["turns"][:-1]),
-            redirected=_marks(clf, tuple(c["turns"][:-1])),
-        )
-        for c in convs
-    ]
+    items = [ClassifyItem(c["turns"][-1], Role.USER, tuple(c["turns"][:-1])) for c in convs]
     for c, v in zip(convs, clf.classify_batch(items), strict=True):
         kinds[c["kind"]].append(v.category is Category.CRISIS)
     assert len(kinds["escalating"]) >= 5 and len(kinds["recovered"]) >= 5

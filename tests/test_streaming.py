@@ -23,7 +23,7 @@ class LoggingGuard(FakeGuard):
         self.raise_at = raise_at
         self.reply_checks = 0
 
-    def classify(self, text, role=Role.USER, context=(), last_assistant="", redirected=()):
+    def classify(self, text, role=Role.USER, context=(), last_assistant=""):
         if Role(role) is Role.ASSISTANT:
             self.reply_checks += 1
             self.log.append(("check", text))
@@ -107,7 +107,7 @@ class FirstSentenceGuard(LoggingGuard):
     """Flags the reply when it is exactly its first sentence (as a short prefix can read as
     advice that the whole reply is not)."""
 
-    def classify(self, text, role=Role.USER, context=(), last_assistant="", redirected=()):
+    def classify(self, text, role=Role.USER, context=(), last_assistant=""):
         v = super().classify(text, role, context, last_assistant)
         if Role(role) is Role.ASSISTANT and text == "It's normal anxiety. ":
             return FakeGuard().classify("MEDICAL", role)

@@ -44,22 +44,6 @@ def test_the_next_message_is_read_as_the_answer_to_the_check_in(make_pipeline):
     assert reply.action is Action.ANSWERED
 
 
-def test_the_guard_is_told_which_earlier_turns_got_the_resource_message(make_pipeline):
-    guard = FakeGuard()
-    p = make_pipeline(guard=guard, generator=FakeGenerator(["reply"] * 5))
-    sid = _session(p)
-    p.turn(sid, "hello")
-    assert p.turn(sid, "i took them all CRISIS").action is Action.REDIRECTED
-    p.turn(sid, "ok thanks")
-    p.turn(sid, "what should i cook")
-    p.turn(sid, "fine")  # the redirected turn is now the oldest of the three
-    p.turn(sid, "bye")
-    calls = zip(guard.redirected, guard.calls, strict=True)
-    inputs = [r for r, (_, role, _) in calls if role is Role.USER]
-    # positions in the guard's three-turn context
-    assert inputs == [(), (), (1,), (1,), (0,), ()]
-
-
 def test_a_yes_to_the_check_in_redirects(make_pipeline):
     p = make_pipeline(guard=FakeGuard(), generator=FakeGenerator([]))
     sid = _session(p)

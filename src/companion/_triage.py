@@ -19,7 +19,7 @@ from dataclasses import dataclass, replace
 
 from .types import Action, Category, Decision, Role, Turn, Verdict
 
-__all__ = ["TriageState", "apply_triage", "guard_context", "model_history", "triage_state"]
+__all__ = ["TriageState", "apply_triage", "model_history", "triage_state"]
 
 
 @dataclass(frozen=True)
@@ -74,14 +74,6 @@ def apply_triage(verdict: Verdict, state: TriageState) -> tuple[Verdict, bool]:
     if state.quiet_above is not None and risk <= state.quiet_above:
         return replace(verdict, category=Category.NONE, decision=Decision.NONE), True
     return verdict, False
-
-
-def guard_context(history: Sequence[Turn], turns: int) -> tuple[list[str], tuple[int, ...]]:
-    """The newest ``turns`` user turns of ``history`` (oldest first) for the input guard, and
-    the positions among them of the turns that were answered with a resource message."""
-    users = [t for t in history if t.role is Role.USER][-turns:] if turns > 0 else []
-    redirected = tuple(i for i, t in enumerate(users) if t.action is Action.REDIRECTED)
-    return [t.text for t in users], redirected
 
 
 def model_history(history: Sequence[Turn]) -> list[Turn]:

@@ -48,7 +48,6 @@ def _cmd_classify(args: argparse.Namespace) -> int:
                 Role(r.get("role", "user")),
                 tuple(r.get("context", ())),
                 r.get("last_assistant", "") or "",
-                tuple(int(i) for i in r.get("redirected", ())),
             )
             for r in rows
         ]
@@ -364,8 +363,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="the companion's previous message when it was the check-in question (TEXT answers it)",
     )
     cls.add_argument(
-        "--input",
-        help="JSONL file: one {text, role?, context?, last_assistant?, redirected?} per line",
+        "--input", help="JSONL file: one {text, role?, context?, last_assistant?} per line"
     )
     cls.add_argument("--output", help="JSONL output file (default: stdout)")
     cls.add_argument(

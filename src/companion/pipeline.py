@@ -27,7 +27,7 @@ from ._release import ReleaseBuffer, release_checked
 from ._requests import outcome_json, reply_from_stored, validate_request_id
 from ._serial import append_turn, kept_while, lock_turn
 from ._timeouts import Stuck, call_within, stream_within
-from ._triage import apply_triage, guard_context, model_history, triage_state
+from ._triage import apply_triage, model_history, triage_state
 from .config import PipelineConfig
 from .context import build_messages
 from .errors import (
@@ -231,12 +231,13 @@ class Pipeline:
         need = max(FIRST_READ, checks_need(cfg.guard_context_turns, cfg.check_in_quiet_turns))
         history = self.store.recent(session_id, need)
         full = session_is_full(history, cfg.max_turns_per_session)
-        user_context, redirected = guard_context(history, cfg.guard_context_turns)
+        n = cfg.guard_context_turns
+        user_context = [t.text for t in history if t.role is Role.USER][-n:] if n else []
         state = triage_state(history, self.config.check_in_quiet_turns)
         timings: dict[str, float] = {} if lock is None else {"lock_wait_ms": lock.waited_ms}
 
         t0 = time.perf_counter()
-        verdict_in = self._check(text, Role.USER, user_context, state.check_in, redirected)
+        verdict_in = self._check(text, Role.USER, user_context, state.check_in)
         verdict_in, held_back = apply_triage(verdict_in, state)
         timings["input_guard_ms"] = _ms(t0)
         verdict_out: Verdict | None = None
@@ -418,18 +419,13 @@ class Pipeline:
         return text, tuple(listed), verdict.category, Action.REDIRECTED
 
     def _check(
-        self,
-        text: str,
-        role: Role,
-        context: list[str],
-        last_assistant: str = "",
-        redirected: tuple[int, ...] = (),
+        self, text: str, role: Role, context: list[str], last_assistant: str = ""
     ) -> Verdict:
         direction = Direction.INPUT if role is Role.USER else Direction.OUTPUT
         limit = self.config.guard_timeout_seconds
         try:
             return call_within(
-                lambda: self.guard.classify(text, role, context, last_assistant, redirected),
+                lambda: self.guard.classify(text, role, context, last_assistant),
                 limit,
                 self._stuck_guard,
                 lambda: GuardTimeout(f"the safety check took longer than {limit} s"),

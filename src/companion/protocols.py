@@ -50,12 +50,10 @@ class SafetyGuard(Protocol):
         role: Role | str = Role.USER,
         context: Sequence[str] = (),
         last_assistant: str = "",
-        redirected: Sequence[int] = (),
     ) -> Verdict:
         """Check ``text`` written by ``role``; ``context``: earlier user turns, oldest first;
         ``last_assistant``: the companion's previous message when it was the check-in question
-        (``text`` answers it), else ``""``; ``redirected``: positions in ``context`` of the
-        turns that were answered with a resource message."""
+        (``text`` answers it), else ``""``."""
         ...
 
 

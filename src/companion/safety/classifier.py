@@ -44,15 +44,12 @@ class ClassifyItem:
         context: Earlier user turns, oldest first (used for user messages).
         last_assistant: The companion's previous message when it was the check-in question;
             the newest user message is then read as the answer to it. Empty otherwise.
-        redirected: Positions in ``context`` (0 = oldest) of the user turns that were answered
-            with a resource message. Read by the cross-encoder policies; others ignore it.
     """
 
     text: str
     role: Role = Role.USER
     context: tuple[str, ...] = ()
     last_assistant: str = ""
-    redirected: tuple[int, ...] = ()
 
     @property
     def answers_check_in(self) -> bool:
@@ -191,7 +188,6 @@ class SafetyClassifier:
         role: Role | str = Role.USER,
         context: Sequence[str] = (),
         last_assistant: str = "",
-        redirected: Sequence[int] = (),
     ) -> Verdict:
         """Check one message.
 
@@ -201,12 +197,11 @@ class SafetyClassifier:
             context: Earlier user turns, oldest first (ignored for assistant replies).
             last_assistant: The companion's previous message when it was the check-in
                 question (the newest message answers it); ``""`` otherwise.
-            redirected: Positions in ``context`` of the turns answered with a resource message.
 
         Returns:
             The verdict: its decision is ``NONE``, ``CHECK_IN`` or ``REDIRECT``.
         """
-        item = ClassifyItem(text, Role(role), tuple(context), last_assistant, tuple(redirected))
+        item = ClassifyItem(text, Role(role), tuple(context), last_assistant)
         return self.classify_batch([item])[0]
 
     def classify_batch(self, items: Sequence[ClassifyItem]) -> list[Verdict]:
@@ -233,7 +228,6 @@ class SafetyClassifier:
                     items[i].context,
                     items[i].answers_check_in,
                     self.policy.context_turns,
-                    items[i].redirected,
                 )
                 for i in users
             ]

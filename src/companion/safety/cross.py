@@ -1,12 +1,11 @@
 """The user-side reader of policy 5: all-MiniLM-L6-v2 fine-tuned as a cross-encoder.
 
 The whole exchange the guard must judge is one encoder input, a text pair: the earlier user
-turns as the first text (newest last; a fixed marker after each one the companion answered
-with a resource message, and another when its last message was the check-in question), the
-newest message as the second. Self-attention reads the message in the light of the
-conversation, instead of comparing two separately pooled embeddings. A linear head over the
-mean-pooled tokens gives four logits, softmaxed at the calibrated temperature: ``none``,
-``check_in``, ``crisis``, ``medical``.
+turns (newest last, and a fixed marker when the companion's last message was the check-in
+question) as the first text, the newest message as the second. Self-attention reads the message
+in the light of the conversation, instead of comparing two separately pooled embeddings. A
+linear head over the mean-pooled tokens gives four logits, softmaxed at the calibrated
+temperature: ``none``, ``check_in``, ``crisis``, ``medical``.
 
 Model replies are not read by this model: the embedding head of the same artifact and the
 risk-topic rule (``topics.py``) check them.
@@ -14,7 +13,7 @@ risk-topic rule (``topics.py``) check them.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,15 +22,7 @@ import numpy.typing as npt
 
 from .normalize import normalize
 
-__all__ = [
-    "CHECK_IN_MARK",
-    "CLASSES",
-    "RESOURCE_MARK",
-    "CrossReader",
-    "load_cross_reader",
-    "pair_texts",
-    "scores",
-]
+__all__ = ["CHECK_IN_MARK", "CLASSES", "CrossReader", "load_cross_reader", "pair_texts", "scores"]
 
 CLASSES = ("none", "check_in", "crisis", "medical")
 """The cross-encoder's output classes, in logit order."""
@@ -40,35 +31,20 @@ CHECK_IN_MARK = "[the companion asked if they have thoughts of ending their life
 """Appended to the first text when the newest message answers the check-in question: the
 question's wording differs per locale, the marker does not."""
 
-RESOURCE_MARK = "[the companion replied with its fixed resource message]"
-"""Follows each earlier user turn that was redirected: the reader can tell a risk already
-answered with the resources from risk in the newest message."""
-
 CONTEXT_WORDS = 100
 MESSAGE_WORDS = 90
 MAX_TOKENS = 256
 
 
 def pair_texts(
-    text: str,
-    context: Sequence[str],
-    answers_check_in: bool,
-    turns: int,
-    redirected: Collection[int] = (),
+    text: str, context: Sequence[str], answers_check_in: bool, turns: int
 ) -> tuple[str, str]:
     """The (conversation, message) pair the cross-encoder reads, normalised as at training.
 
-    The first text keeps the newest ``turns`` earlier user turns, each one whose position in
-    ``context`` is in ``redirected`` followed by :data:`RESOURCE_MARK`, as far as they fit in
-    ``CONTEXT_WORDS`` words (markers count; older words dropped first); the message keeps its
-    first ``MESSAGE_WORDS`` words.
+    The first text keeps the newest ``turns`` earlier user turns that fit in ``CONTEXT_WORDS``
+    words (older words dropped first); the message keeps its first ``MESSAGE_WORDS`` words.
     """
-    start = max(0, len(context) - turns) if turns > 0 else len(context)
-    earlier = [
-        normalize(t) + (f" {RESOURCE_MARK}" if i in redirected else "")
-        for i, t in enumerate(context)
-        if i >= start and t and t.strip()
-    ]
+    earlier = [normalize(t) for t in list(context)[-turns:] if turns > 0 and t and t.strip()]
     words = " | ".join(earlier).split()[-CONTEXT_WORDS:]
     if answers_check_in:
         words.append(CHECK_IN_MARK)
