@@ -3,11 +3,12 @@
 Starts `companion serve` in a child process (sessions in memory, greedy decoding, a fixed
 `--max-new-tokens`, the generation queue deep enough that nothing is refused), then for each
 level N of `--levels` runs N clients at once on loopback. Each client sends `--turns` messages,
-one at a time, each in a fresh session (so every prompt has the same shape). Only turns the
-guard answered count (a redirected turn runs no model); their reply tokens are counted with the
-embedded tokenizer. Prints, per level: aggregate reply tokens/s over the level's wall time, p50
-and p99 turn latency, and each as a ratio against N=1 measured in the same run. Writes the table
-as JSON and a PNG of the curve (`--out`).
+one at a time, each in a fresh session (so every prompt has the same shape), or with
+`--conversation` all in one session (the prompt grows with the turns before, as in use).
+Only turns the guard answered count (a redirected turn runs no model); their reply tokens are
+counted with the embedded tokenizer. Prints, per level: aggregate reply tokens/s over the
+level's wall time, p50 and p99 turn latency, and each as a ratio against N=1 measured in the
+same run. Writes the table as JSON and a PNG of the curve (`--out`).
 
 With `--batch-size 1` (the default setting) generation runs one request at a time: flat
 tokens/s, latency growing with N. `--batch-size 8` sets `generation_batch_size`: concurrent
@@ -17,7 +18,7 @@ its p50.
 
 Usage:
     python benchmarks/concurrency.py [--levels 1,2,4,8] [--turns 2] [--max-new-tokens 32]
-        [--batch-size 8] [--guard-runtime onnx]
+        [--batch-size 8] [--guard-runtime onnx] [--conversation]
 """
 
 from __future__ import annotations
@@ -47,7 +48,9 @@ MESSAGES = [
 ]
 
 
-def _level(target: str, n: int, turns: int, tokenizer: object) -> dict[str, float]:
+def _level(
+    target: str, n: int, turns: int, tokenizer: object, conversation: bool = False
+) -> dict[str, float]:
     from companion.client import CompanionClient
     from companion.types import Action
 
@@ -60,8 +63,10 @@ def _level(target: str, n: int, turns: int, tokenizer: object) -> dict[str, floa
     def client(k: int) -> None:
         try:
             with CompanionClient(target, timeout=600) as cl:
+                sid = cl.create_session()
                 for t in range(turns):
-                    sid = cl.create_session()
+                    if t and not conversation:
+                        sid = cl.create_session()
                     text = MESSAGES[(k * turns + t) % len(MESSAGES)]
                     t0 = time.perf_counter()
                     reply = cl.send(sid, text)
@@ -125,6 +130,9 @@ def main() -> None:
     ap.add_argument("--torch-threads", type=int, default=1)
     ap.add_argument("--batch-size", type=int, default=1, help="generation_batch_size")
     ap.add_argument("--guard-runtime", default="torch", help="guard_runtime: torch, onnx...")
+    ap.add_argument(
+        "--conversation", action="store_true", help="each client's turns in one session"
+    )
     ap.add_argument("--out", default="benchmarks/out/concurrency", help="JSON and PNG prefix")
     args = ap.parse_args()
     levels = [int(x) for x in args.levels.split(",")]
@@ -154,7 +162,7 @@ def main() -> None:
             cl.wait_ready(timeout=600)
         _level(target, 1, 1, tokenizer)  # warm-up, not reported
         for n in levels:
-            rows.append(_level(target, n, args.turns, tokenizer))
+            rows.append(_level(target, n, args.turns, tokenizer, args.conversation))
             print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
     finally:
         server.terminate()
@@ -165,7 +173,8 @@ def main() -> None:
         f"torch threads {args.torch_threads}; generation_batch_size {args.batch_size}; "
         f"guard_runtime {args.guard_runtime}; "
         f"greedy, {args.max_new_tokens} new tokens; "
-        f"{args.turns} turns per session, a fresh session each"
+        f"{args.turns} turns per client, "
+        + ("all in one session" if args.conversation else "a fresh session each")
     )
     print("| sessions | answered | tokens/s | x 1 session | p50 ms | x | p99 ms | x |")
     print("|---|---|---|---|---|---|---|---|")
