@@ -63,9 +63,8 @@ def _level(
     def client(k: int) -> None:
         try:
             with CompanionClient(target, timeout=600) as cl:
-                sid = cl.create_session()
                 for t in range(turns):
-                    if t and not conversation:
+                    if t == 0 or not conversation:
                         sid = cl.create_session()
                     text = MESSAGES[(k * turns + t) % len(MESSAGES)]
                     t0 = time.perf_counter()
