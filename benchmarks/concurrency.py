@@ -129,6 +129,7 @@ def main() -> None:
     ap.add_argument("--torch-threads", type=int, default=1)
     ap.add_argument("--batch-size", type=int, default=1, help="generation_batch_size")
     ap.add_argument("--guard-runtime", default="torch", help="guard_runtime: torch, onnx...")
+    ap.add_argument("--dtype", default="auto", help="generation_dtype: auto, float32, bfloat16")
     ap.add_argument(
         "--conversation", action="store_true", help="each client's turns in one session"
     )
@@ -152,6 +153,7 @@ def main() -> None:
             "COMPANION_GENERATION_QUEUE_DEPTH": str(max(levels) * 2),
             "COMPANION_GENERATION_BATCH_SIZE": str(args.batch_size),
             "COMPANION_GUARD_RUNTIME": args.guard_runtime,
+            "COMPANION_GENERATION_DTYPE": args.dtype,
             "OMP_NUM_THREADS": str(args.torch_threads),
         }
     )
@@ -170,7 +172,7 @@ def main() -> None:
     print(
         f"machine: {platform.machine()}, {os.cpu_count()} CPUs, load {os.getloadavg()}; "
         f"torch threads {args.torch_threads}; generation_batch_size {args.batch_size}; "
-        f"guard_runtime {args.guard_runtime}; "
+        f"guard_runtime {args.guard_runtime}; generation_dtype {args.dtype}; "
         f"greedy, {args.max_new_tokens} new tokens; "
         f"{args.turns} turns per client, "
         + ("all in one session" if args.conversation else "a fresh session each")

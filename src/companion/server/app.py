@@ -79,6 +79,7 @@ def load_companion(settings: ServerSettings) -> Companion:
         generator=make_generator(settings),
         batch_size=settings.generation_batch_size,
         static_cache=settings.generation_static_cache,
+        dtype=settings.generation_dtype,
         guard_runtime=settings.guard_runtime,
     )
     guard = companion.pipeline.guard

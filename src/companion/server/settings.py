@@ -190,6 +190,11 @@ class ServerSettings(GeneratorSettings):
         description="static key/value cache; on CUDA transformers compiles the decoding step"
         " (needs generation_batch_size=1)",
     )
+    generation_dtype: Literal["auto", "float32", "bfloat16"] = Field(
+        default="auto",
+        description="the local model's weights: auto is bf16 on CUDA and fp32 on a CPU;"
+        " bfloat16 on a CPU with AVX-512 BF16 makes batched steps nearly as cheap as one row",
+    )
     guard_timeout_seconds: float = Field(
         default=10.0,
         gt=0,
