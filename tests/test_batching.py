@@ -231,3 +231,20 @@ def test_the_static_cache_needs_one_turn_at_a_time():
 
     with pytest.raises(ValueError, match="batch_size=1"):
         Companion.from_defaults("memory", batch_size=2, static_cache=True)
+
+
+def test_bf16_weights_load_through_the_library_and_share_batched_steps():
+    """``dtype="bfloat16"`` (the ``generation_dtype`` setting) reaches the local model; on this
+    CPU it makes a step of several rows cost about what one costs (docs/benchmarks.md). Its
+    greedy replies may differ from fp32's, so only that every request is answered in shared
+    steps is asserted."""
+    import torch
+
+    from companion import Companion
+
+    companion = Companion.from_defaults("memory", batch_size=4, dtype="bfloat16")
+    gen = companion.pipeline.generator
+    assert isinstance(gen, BatchedGenerator) and gen.model.dtype is torch.bfloat16
+    out, errors = _together(gen, [(p,) for p in PROMPTS])
+    assert not errors and len(out) == len(PROMPTS) and all(out.values())
+    assert max(gen.steps) >= 2

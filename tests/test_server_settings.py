@@ -79,6 +79,10 @@ def test_settings_are_frozen():
             {"generation_static_cache": True, "generation_batch_size": 4},
             "generation_static_cache needs generation_batch_size=1",
         ),
+        (
+            {"generation_dtype": "float16"},
+            "generation_dtype\n  Input should be 'auto', 'float32' or 'bfloat16'",
+        ),
     ],
 )
 def test_bad_values_are_named(changes, match):
