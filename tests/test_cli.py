@@ -146,3 +146,20 @@ def test_chat_streams_checked_units_and_marks_a_withheld_reply(monkeypatch, caps
     assert "companion> Sure. \n[withheld by the reply check]\n" in out
     assert "companion [redirected: medical]> Ask a pharmacist." in out
     assert "companion [redirected: crisis]> Call 988." in out
+
+
+@pytest.mark.parametrize("leave", ["/quit", " /exit "])
+def test_chat_leaves_on_quit_without_sending_it(monkeypatch, capsys, leave):
+    from companion.cli import _chat_loop
+
+    lines = iter(["hi", leave, "never sent"])
+    monkeypatch.setattr("builtins.input", lambda prompt="": next(lines))
+    sent = []
+
+    def stream(text):
+        sent.append(text)
+        return iter([TurnDone(_reply("Hello."))])
+
+    _chat_loop(stream)
+    assert sent == ["hi"]
+    assert "companion> Hello." in capsys.readouterr().out

@@ -75,6 +75,9 @@ def _encoder(name: str) -> Any:
     return load_encoder(name)
 
 
+_LEAVE = ("/quit", "/exit")  # typed alone, leave the chat instead of being sent
+
+
 def _chat_loop(stream: Callable[[str], Iterator[Any]]) -> None:
     """Read lines, stream each reply: checked units as they are released; a redirect or
     check-in (no generated text) is printed whole with its tag; a withheld reply is marked and
@@ -90,6 +93,8 @@ def _chat_loop(stream: Callable[[str], Iterator[Any]]) -> None:
             break
         if not text.strip():
             continue
+        if text.strip() in _LEAVE:
+            break
         shown = False
         for event in stream(text):
             if isinstance(event, TextDelta):
@@ -136,7 +141,7 @@ def _cmd_chat_remote(args: argparse.Namespace) -> int:
             return 1
         print(
             f"Companion at {args.server} ({args.locale}). A wellness companion, not a therapist"
-            " or a doctor.\nType a message and press Enter; Ctrl-D to leave.\n",
+            " or a doctor.\nType a message and press Enter; Ctrl-D or /quit to leave.\n",
             file=sys.stderr,
         )
         _chat_loop(lambda text: client.stream(sid, text))
@@ -170,7 +175,7 @@ def _cmd_chat(args: argparse.Namespace) -> int:
         session = companion.start_session(locale=args.locale)
         print(
             f"Companion ({args.locale}). A wellness companion, not a therapist or a doctor.\n"
-            "Type a message and press Enter; Ctrl-D to leave.\n",
+            "Type a message and press Enter; Ctrl-D or /quit to leave.\n",
             file=sys.stderr,
         )
         _chat_loop(session.stream)
