@@ -7,8 +7,8 @@ Not a candidate and not used at run time (classifier card, "Round 22 probe"). Th
     # 2a. the control: the MiniLM cross-encoder's recipe on the subset (about 5 minutes here)
     python safety/train_cross.py --run_dir runs/x7post --epochs 3 --threads 2
     # 2b. S, SmolLM2-135M with LoRA and a four-way head (round 12's recipe), then the readout
-    python safety/probe_post_crisis.py --step read --run_dir runs/x7 --artifact runs/x7/artifact_cross \
-        --control runs/x7post
+    python safety/probe_post_crisis.py --step read --run_dir runs/x7 \
+        --artifact runs/x7/artifact_cross --control runs/x7post
 
 The readout scores the subset's validation rows with each reader and prints crisis AUPRC and
 the share of ``none`` rows at or above the score that catches 0.95 of the crisis rows (set on
