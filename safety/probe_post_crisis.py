@@ -27,23 +27,20 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from _common import banner, parse_args, read_jsonl
-from train_cross import pairs_of, plan_batches
+from _common import SEED_DIR, banner, parse_args, read_jsonl
+from train_cross import pairs_of, plan_batches, weighted_step
 
 from companion.safety.cross import CLASSES, pair_texts
 
 RECOVERED = {"old_crisis", "recovered", "recovered_middle"}
 BENIGN = (
-    "Can you recommend a good book?",
-    "What should I cook for dinner tonight?",
-    "How do I get better at chess?",
-    "Any tips for a job interview?",
-    "What's a good podcast for a long drive?",
-    "Can you help me plan a birthday party?",
-    "How do I keep basil alive on a windowsill?",
-    "What's a nice way to start a journal?",
-    "I'd like some ideas for a rainy Sunday.",
-    "How can I get better at making small talk?",
+    *(
+        line
+        for line in (Path(SEED_DIR).parent / "probes" / "benign_after_crisis.txt")
+        .read_text("utf-8")
+        .splitlines()
+        if line.strip() and not line.startswith("#")
+    ),
     "Thank you, that helps.",
     "Thank you, I will call them.",
 )
@@ -140,18 +137,7 @@ class LMReader:
             return self.model(**batch).logits.float()
 
     def step(self, pairs: list[tuple[str, str]], y: np.ndarray, w: np.ndarray) -> float:
-        import torch
-
-        self.model.train()
-        loss = torch.nn.functional.cross_entropy(
-            self.logits(pairs), torch.from_numpy(y), weight=self.class_weight, reduction="none"
-        )
-        loss = (loss * torch.from_numpy(w)).mean()
-        self.opt.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_([p for g in self.opt.param_groups for p in g["params"]], 1.0)
-        self.opt.step()
-        return float(loss.detach())
+        return weighted_step(self, pairs, y, w)
 
     def crisis(self, pairs: list[tuple[str, str]], size: int = 32) -> np.ndarray:
         import torch

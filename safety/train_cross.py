@@ -126,18 +126,7 @@ class CrossTuner:
         return self.head(torch.nn.functional.dropout(pooled, 0.1, self.model.training))
 
     def step(self, pairs: list[tuple[str, str]], y: np.ndarray, w: np.ndarray) -> float:
-        import torch
-
-        self.model.train()
-        loss = torch.nn.functional.cross_entropy(
-            self.logits(pairs), torch.from_numpy(y), weight=self.class_weight, reduction="none"
-        )
-        loss = (loss * torch.from_numpy(w)).mean()
-        self.opt.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_([p for g in self.opt.param_groups for p in g["params"]], 1.0)
-        self.opt.step()
-        return float(loss.item())
+        return weighted_step(self, pairs, y, w)
 
     def predict(self, pairs: list[tuple[str, str]], size: int = 64) -> np.ndarray:
         import torch
@@ -150,6 +139,23 @@ class CrossTuner:
                 idx = order[start : start + size]
                 out[idx] = self.logits([pairs[i] for i in idx]).numpy()
         return out
+
+
+def weighted_step(tuner: Any, pairs: list[tuple[str, str]], y: np.ndarray, w: np.ndarray) -> float:
+    """One optimiser step of ``tuner`` (``model``, ``opt``, ``class_weight``, ``logits(pairs)``):
+    class- and row-weighted cross-entropy, gradients clipped at 1.0; returns the loss."""
+    import torch
+
+    tuner.model.train()
+    loss = torch.nn.functional.cross_entropy(
+        tuner.logits(pairs), torch.from_numpy(y), weight=tuner.class_weight, reduction="none"
+    )
+    loss = (loss * torch.from_numpy(w)).mean()
+    tuner.opt.zero_grad()
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_([p for g in tuner.opt.param_groups for p in g["params"]], 1.0)
+    tuner.opt.step()
+    return float(loss.item())
 
 
 def plan_batches(pairs: list[tuple[str, str]], size: int, rng: random.Random) -> list[list[int]]:
