@@ -182,18 +182,32 @@ def features(rows: Sequence[dict[str, Any]], role: str, cache: EmbeddingCache, p
     )
 
 
-def cross_reader_for(policy: Any, artifact: str | Path | None) -> Any:
-    """The cross-encoder of the artifact folder ``artifact`` (``None``: the shipped one) on the
-    base encoder, or ``None`` when the policy reads users with the embedding head."""
+def cross_reader_for(policy: Any, artifact: str | Path | None) -> tuple[Any, Any]:
+    """The cross-encoder and the post-crisis reader of the artifact folder ``artifact``
+    (``None``: the shipped one) on the base encoder; each ``None`` where the policy has none."""
     from companion.models.encoder import EMBEDDED_ENCODER, load_encoder
     from companion.safety.artifact import cross_dir
     from companion.safety.cross import load_cross_reader
 
-    folder = cross_dir(policy, artifact)
+    folder, post = cross_dir(policy, artifact), cross_dir(policy, artifact, post_crisis=True)
     if folder is None:
-        return None
+        return None, None
     base = load_encoder(None if policy.encoder == EMBEDDED_ENCODER else policy.encoder)
-    return load_cross_reader(base, folder, policy.cross_temperature)
+    from companion.safety.lm_reader import load_lm_reader
+
+    return (
+        load_cross_reader(base, folder, policy.cross_temperature),
+        None if post is None else load_lm_reader(post, policy.post_crisis_temperature),
+    )
+
+
+def on_user_thresholds(score: np.ndarray, own: float, user: float) -> np.ndarray:
+    """``score``, judged at threshold ``own``, mapped monotonically (piecewise linear) onto a
+    scale on which threshold ``user`` gives the same decisions."""
+    score = np.asarray(score, dtype=np.float64)
+    low = score * (user / own) if own > 0 else np.full_like(score, user)
+    high = user + (score - own) * ((1 - user) / (1 - own)) if own < 1 else np.ones_like(score)
+    return np.where(score < own, low, high)
 
 
 def classifier_scores(
@@ -202,21 +216,31 @@ def classifier_scores(
     cache: EmbeddingCache,
     head: Any,
     policy: Any,
-    cross: Any = None,
+    readers: tuple[Any, Any] = (None, None),
 ) -> np.ndarray:
     """Scores from the runtime :class:`SafetyClassifier` (context rule included), on cached
-    embeddings; user rows through the policy's cross-encoder ``cross`` when it has one."""
+    embeddings; user rows through the policy's cross-encoder and post-crisis reader
+    (``readers``, from :func:`cross_reader_for`) when it has them. The ``crisis`` and ``risk``
+    scores of rows the post-crisis reader decided are mapped (:func:`on_user_thresholds`) so
+    that the policy's user thresholds decide them as the post-crisis thresholds do."""
     from companion.safety import ClassifyItem, SafetyClassifier
     from companion.types import Role
 
-    clf = SafetyClassifier(cache, head, policy, cross)
+    clf = SafetyClassifier(cache, head, policy, *readers)
     items = [
         ClassifyItem(
             r["text"], Role(role), tuple(r.get("context", ())), r.get("last_assistant", "")
         )
         for r in rows
     ]
-    return np.asarray(clf.score_batch(items))
+    scores, post = clf._scored(items)
+    scores = np.asarray(scores, dtype=np.float64)
+    rows_post = [i for i, p in enumerate(post) if p]
+    for label, own in dict(policy.post_crisis_thresholds).items():
+        j = clf.labels.index(label)
+        user = policy.thresholds["user"][label]
+        scores[rows_post, j] = on_user_thresholds(scores[rows_post, j], own, user)
+    return scores
 
 
 def banner(title: str) -> None:

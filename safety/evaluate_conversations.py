@@ -11,6 +11,8 @@ Reports, with bootstrap intervals over conversations:
 - risk conversations: share caught (check-in or redirect) at the turn where risk first appears,
   how late otherwise; turns labelled crisis redirected at once, caught at all; check-in turns
   caught; medical turns redirected;
+- the share of turns read after a crisis turn (``turns_read_after_crisis``: those a policy's
+  post-crisis reader decides);
 - the ship rule's catch rate: the share of distinct clean crisis and check-in messages of the
   split (each at its lowest over the rows that end with it, as ``calibrate.py`` counts) that
   are checked in or redirected as crisis.
@@ -69,15 +71,21 @@ class Args:
 _ACTION = {Decision.NONE: Action.ANSWERED, Decision.CHECK_IN: Action.CHECKED_IN}
 
 
-def play(clf: SafetyClassifier, turns: list[dict[str, Any]], args: Args) -> list[Decision]:
-    """The guard's decision for each user turn of one conversation, state included."""
+def play(
+    clf: SafetyClassifier, turns: list[dict[str, Any]], args: Args
+) -> tuple[list[Decision], list[bool]]:
+    """The guard's decision for each user turn of one conversation, state included, and
+    whether the turn was read after a crisis turn (by a post-crisis reader, if the policy has
+    one)."""
     history: list[Turn] = []
-    decisions = []
+    decisions, after = [], []
     for t in turns:
-        state = triage_state(history, args.quiet_turns)
+        state = triage_state(history, args.quiet_turns, args.context_turns)
+        after.append(state.after_crisis)
         context = [h.text for h in history if h.role is Role.USER][-args.context_turns :]
         verdict, _ = apply_triage(
-            clf.classify(t["text"], Role.USER, context, state.check_in), state
+            clf.classify(t["text"], Role.USER, context, state.check_in, state.after_crisis),
+            state,
         )
         decisions.append(verdict.decision)
         action = _ACTION.get(verdict.decision, Action.REDIRECTED)
@@ -88,7 +96,7 @@ def play(clf: SafetyClassifier, turns: list[dict[str, Any]], args: Args) -> list
                 Role.ASSISTANT, "(fixed or model reply)", 0.0, verdict.category, action, {}, n + 1
             ),
         ]
-    return decisions
+    return decisions, after
 
 
 def catch_rate(clf: SafetyClassifier, run: Path, args: Args) -> dict[str, Any]:
@@ -148,7 +156,8 @@ def replay(
     late: list[int | None] = []
     for cid, turns in sorted(convs.items()):
         turns.sort(key=lambda r: r["turn"])
-        decisions = play(clf, turns, args)
+        decisions, after = play(clf, turns, args)
+        stats["turns_read_after_crisis"] += [(float(a), cid) for a in after]
         labels = [t["label"] for t in turns]
         if all(lab == "none" for lab in labels) and turns[0]["subtype"].startswith("benign"):
             for d in decisions:
@@ -210,7 +219,7 @@ def main(args: Args) -> None:
         "embedded", adapter, policy.encoder_layers, policy.encoder_quantization
     )
     cache = EmbeddingCache(encoder, cache_path(run, encoder.name))
-    clf = SafetyClassifier(cache, head, policy, cross_reader_for(policy, folder))
+    clf = SafetyClassifier(cache, head, policy, *cross_reader_for(policy, folder))
     print(f"policy {policy.policy_version}; split {args.split}")
 
     if args.conversations:

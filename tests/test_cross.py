@@ -187,3 +187,62 @@ def test_cross_reader_probabilities_on_a_tiny_bert(tmp_path):
     assert np.ptp(flat.probabilities(pairs)) < np.ptp(p)
     with pytest.raises(ValueError, match="temperature"):
         CrossReader(tok, model, weight, bias, 0.0)
+
+
+POST = {"crisis": 0.7, "risk": 0.6}
+
+
+def _cascade(first, post) -> SafetyClassifier:
+    zeros = (np.zeros((4, 2), np.float32), np.zeros(2, np.float32))
+    head = LinearHead({Role.ASSISTANT: zeros}, ("crisis", "medical"))
+    policy = _policy(post_crisis_dir="post", post_crisis_thresholds=POST)
+    return SafetyClassifier(_ZeroEncoder(), head, policy, first, post)
+
+
+def test_after_a_crisis_turn_the_post_crisis_reader_decides_crisis_and_risk():
+    first = ScriptedReader({"plan": PLAN, "thanks": PLAN, "dose": DOSE})
+    post = ScriptedReader({"thanks": [0.9, 0.05, 0.04, 0.01], "dose": [0.5, 0.1, 0.1, 0.3]})
+    clf = _cascade(first, post)
+    thanks = clf.classify("thanks", context=["plan"])  # "plan" read as crisis: flag derived
+    assert thanks.decision is Decision.NONE
+    assert thanks.scores == {"crisis": 0.04, "medical": 0.05, "risk": 0.09}
+    assert thanks.thresholds == {**USER, **POST}
+    assert post.pairs == [("plan", "thanks")]
+    dose = clf.classify("dose", context=["plan"])
+    assert (dose.decision, dose.category) == (Decision.REDIRECT, Category.MEDICAL)  # first's
+
+
+def test_without_a_crisis_turn_in_the_context_the_first_reader_decides():
+    first = ScriptedReader({"sad": SAD, "plan": PLAN})
+    post = ScriptedReader({})
+    clf = _cascade(first, post)
+    got = clf.classify("plan", context=["sad", "sad"])
+    assert got.decision is Decision.REDIRECT and got.thresholds == USER
+    assert post.pairs == []  # never asked
+    assert first.pairs[0] == ("sad | sad", "plan")
+    assert sorted(first.pairs[1:]) == [("", "sad"), ("sad", "sad")]  # each turn, turns before
+
+
+def test_the_flag_given_by_the_caller_is_used_as_it_is():
+    first = ScriptedReader({"plan": PLAN, "sad": SAD})
+    post = ScriptedReader({"sad": PLAN, "plan": SAD})
+    clf = _cascade(first, post)
+    told = clf.classify("sad", context=["sad"], after_crisis=True)
+    assert told.decision is Decision.REDIRECT and post.pairs == [("sad", "sad")]
+    untold = clf.classify("plan", context=["plan"], after_crisis=False)
+    assert untold.decision is Decision.REDIRECT and untold.thresholds == USER
+    assert first.pairs == [("sad", "sad"), ("plan", "plan")]  # no context turn was re-read
+    assert len(post.pairs) == 1
+
+
+def test_a_post_crisis_policy_needs_its_reader_and_both_thresholds():
+    zeros = (np.zeros((4, 2), np.float32), np.zeros(2, np.float32))
+    head = LinearHead({Role.ASSISTANT: zeros}, ("crisis", "medical"))
+    policy = _policy(post_crisis_dir="post", post_crisis_thresholds=POST)
+    with pytest.raises(ValueError, match="post_crisis"):
+        SafetyClassifier(_ZeroEncoder(), head, policy, ScriptedReader({}))
+    with pytest.raises(ValueError, match="post_crisis_thresholds"):
+        _policy(post_crisis_dir="post", post_crisis_thresholds={"crisis": 0.5})
+    with pytest.raises(ValueError, match="post_crisis_thresholds"):
+        _policy(post_crisis_thresholds=POST)
+    assert Policy.from_json(policy.to_json()) == policy
