@@ -182,32 +182,18 @@ def features(rows: Sequence[dict[str, Any]], role: str, cache: EmbeddingCache, p
     )
 
 
-def cross_reader_for(policy: Any, artifact: str | Path | None) -> tuple[Any, Any]:
-    """The cross-encoder and the post-crisis reader of the artifact folder ``artifact``
-    (``None``: the shipped one) on the base encoder; each ``None`` where the policy has none."""
+def cross_reader_for(policy: Any, artifact: str | Path | None) -> Any:
+    """The cross-encoder of the artifact folder ``artifact`` (``None``: the shipped one) on the
+    base encoder, or ``None`` when the policy reads users with the embedding head."""
     from companion.models.encoder import EMBEDDED_ENCODER, load_encoder
     from companion.safety.artifact import cross_dir
     from companion.safety.cross import load_cross_reader
 
-    folder, post = cross_dir(policy, artifact), cross_dir(policy, artifact, post_crisis=True)
+    folder = cross_dir(policy, artifact)
     if folder is None:
-        return None, None
+        return None
     base = load_encoder(None if policy.encoder == EMBEDDED_ENCODER else policy.encoder)
-    from companion.safety.lm_reader import load_lm_reader
-
-    return (
-        load_cross_reader(base, folder, policy.cross_temperature),
-        None if post is None else load_lm_reader(post, policy.post_crisis_temperature),
-    )
-
-
-def on_user_thresholds(score: np.ndarray, own: float, user: float) -> np.ndarray:
-    """``score``, judged at threshold ``own``, mapped monotonically (piecewise linear) onto a
-    scale on which threshold ``user`` gives the same decisions."""
-    score = np.asarray(score, dtype=np.float64)
-    low = score * (user / own) if own > 0 else np.full_like(score, user)
-    high = user + (score - own) * ((1 - user) / (1 - own)) if own < 1 else np.ones_like(score)
-    return np.where(score < own, low, high)
+    return load_cross_reader(base, folder, policy.cross_temperature)
 
 
 def classifier_scores(
@@ -216,31 +202,21 @@ def classifier_scores(
     cache: EmbeddingCache,
     head: Any,
     policy: Any,
-    readers: tuple[Any, Any] = (None, None),
+    cross: Any = None,
 ) -> np.ndarray:
     """Scores from the runtime :class:`SafetyClassifier` (context rule included), on cached
-    embeddings; user rows through the policy's cross-encoder and post-crisis reader
-    (``readers``, from :func:`cross_reader_for`) when it has them. The ``crisis`` and ``risk``
-    scores of rows the post-crisis reader decided are mapped (:func:`on_user_thresholds`) so
-    that the policy's user thresholds decide them as the post-crisis thresholds do."""
+    embeddings; user rows through the policy's cross-encoder ``cross`` when it has one."""
     from companion.safety import ClassifyItem, SafetyClassifier
     from companion.types import Role
 
-    clf = SafetyClassifier(cache, head, policy, *readers)
+    clf = SafetyClassifier(cache, head, policy, cross)
     items = [
         ClassifyItem(
             r["text"], Role(role), tuple(r.get("context", ())), r.get("last_assistant", "")
         )
         for r in rows
     ]
-    scores, post = clf._scored(items)
-    scores = np.asarray(scores, dtype=np.float64)
-    rows_post = [i for i, p in enumerate(post) if p]
-    for label, own in dict(policy.post_crisis_thresholds).items():
-        j = clf.labels.index(label)
-        user = policy.thresholds["user"][label]
-        scores[rows_post, j] = on_user_thresholds(scores[rows_post, j], own, user)
-    return scores
+    return np.asarray(clf.score_batch(items))
 
 
 def banner(title: str) -> None:

@@ -7,13 +7,7 @@ Times, per text (one call each, batch of one, as the pipeline does):
   of policy 3.0, and the baseline the smaller encoder is measured against;
 - ``check``: ``SafetyClassifier.classify`` (normalise + encode + head + thresholds), no context;
 - ``check+ctx``: the same with three earlier user turns (newest and window encoded; the turns
-  before the newest too, in a second call, when the window scores above the newest alone),
-  told that none of them was read as crisis, as the pipeline tells the guard on an ordinary
-  turn (``after_crisis=False``);
-- with a post-crisis reader (round 25): ``check+ctx+post``, the same turn told that one was
-  (both readers run: the cross-encoder, then SmolLM2), and ``check+ctx?``, not told (the first
-  reader also reads the three earlier turns to find out, as for a caller that passes only the
-  context);
+  before the newest too, in a second call, when the window scores above the newest alone);
 - ``reply``: ``classify(..., role="assistant")``, the output check of a model reply;
 - ``st.encode``: ``SentenceTransformer.encode`` for reference;
 - with ``--runtimes torch,onnx,onnx-int8``: ``encoder``, ``check`` and ``check+ctx`` again
@@ -108,20 +102,15 @@ def main(args: Args) -> None:
         "encoder": lambda t: enc.encode([normalize(t)]),
         "minilm": lambda t: minilm.encode([normalize(t)]),
         "check": lambda t: clf.classify(t),
-        "check+ctx": lambda t: clf.classify(t, context=context, after_crisis=False),
+        "check+ctx": lambda t: clf.classify(t, context=context),
         "reply": lambda t: clf.classify(t, role="assistant"),
         "st.encode": lambda t: st.encode([t]),
     }
-    if clf.post_crisis is not None:
-        runs["check+ctx+post"] = lambda t: clf.classify(t, context=context, after_crisis=True)
-        runs["check+ctx?"] = lambda t: clf.classify(t, context=context)
     for runtime in [r for r in args.runtimes.split(",") if r and r != "torch"]:
         other = SafetyClassifier.from_defaults(artifact=args.artifact or None, runtime=runtime)
         runs[f"encoder@{runtime}"] = lambda t, e=other.encoder: e.encode([normalize(t)])
         runs[f"check@{runtime}"] = lambda t, c=other: c.classify(t)
-        runs[f"check+ctx@{runtime}"] = lambda t, c=other: c.classify(
-            t, context=context, after_crisis=False
-        )
+        runs[f"check+ctx@{runtime}"] = lambda t, c=other: c.classify(t, context=context)
     for fn in runs.values():
         timeit(fn, texts[: args.warmup])
     # Round-robin per text, so that load from other processes hits every variant alike.

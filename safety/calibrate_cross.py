@@ -18,23 +18,13 @@ Reads ``{run_dir}/cross/`` from ``train_cross.py``. The rule was written in the 
    ``--within_one`` caught at most one turn late. The search walks down from the catch-rate
    threshold in steps of 3%.
 
-With ``--post_crisis`` (round 25), the SmolLM2 reader trained on the post-crisis subset
-(``probe_post_crisis.py --step subset``, then ``--step train``: ``{post_crisis}/reader``)
-becomes the artifact's post-crisis reader, calibrated on that subset's validation rows after
-the steps above ("Round 25 rule"): its temperature by log-loss, then the highest crisis
-threshold that
-redirects at least min(the first reader's share, ``--post_redirect``) of the subset's crisis
-rows, and the highest risk threshold that catches at least min(the first reader's share,
-``--post_catch``) of its crisis and check-in rows, the first reader at its thresholds on the
-same rows. The replay is then played again with the cascade.
-
 Replies keep the reply side of the artifact ``--reply_artifact`` (default: the shipped one):
 its head's assistant weights, its encoder adapter and its assistant thresholds. Writes
 ``{run_dir}/artifact_cross/`` (``--install`` copies it over the shipped artifact).
 
 Usage:
     python safety/calibrate_cross.py --run_dir runs/x1 [--version 5.0] [--epoch N]
-        [--post_crisis runs/x1post] [--install]
+        [--install]
 """
 
 from __future__ import annotations
@@ -48,7 +38,7 @@ from typing import Any
 import numpy as np
 from _common import DEFAULT_RUN_DIR, banner, parse_args, read_jsonl
 from calibrate import _USER_RISK, CLEAN, INSTALL_DIR, per_message_min, recall_threshold
-from train_cross import pairs_of, user_rows, val_summary
+from train_cross import user_rows, val_summary
 
 from companion.safety import Policy, SafetyClassifier, load_artifact
 from companion.safety.artifact import encoder_adapter_dir
@@ -81,9 +71,6 @@ class Args:
     medical_recall: float = field(default=0.95, metadata={"help": "medical recall floor"})
     reply_artifact: str = field(default="", metadata={"help": "reply side (empty: shipped)"})
     exclude: str = field(default="cssrs", metadata={"help": "as train_cross.py"})
-    post_crisis: str = field(default="", metadata={"help": "subset folder with reader/ (S)"})
-    post_redirect: float = field(default=0.95, metadata={"help": "post-crisis redirect floor"})
-    post_catch: float = field(default=0.97, metadata={"help": "post-crisis catch floor"})
     install: bool = field(default=False, metadata={"help": "copy over the shipped artifact"})
 
 
@@ -165,103 +152,25 @@ def search_risk(
         t *= 0.97
 
 
-def best_epoch(
-    cross: Path, val: list[dict[str, Any]], epoch: int = 0
-) -> tuple[int, np.ndarray, float]:
-    """The epoch with the highest validation risk AUPRC (or ``epoch``), its validation logits
-    and the temperature fitted on them."""
+def main(args: Args) -> None:
+    run = Path(args.run_dir)
+    cross = run / "cross"
+    excluded = {s for s in args.exclude.split(",") if s}
+    val = user_rows(run / "splits" / "val.jsonl", excluded)
     epochs = sorted(int(p.stem.split("_e")[-1]) for p in cross.glob("val_logits_e*.npz"))
-    banner(f"epochs of {cross} (validation AUPRC)")
+    banner("epochs (validation AUPRC)")
     best, best_ap = 0, -1.0
     for e in epochs:
         summary = val_summary(np.load(cross / f"val_logits_e{e}.npz")["logits"], val)
         print(f"  epoch {e}: {summary}")
         if summary["risk"] > best_ap:
             best, best_ap = e, summary["risk"]
-    best = epoch or best
+    best = args.epoch or best
     logits = np.load(cross / f"val_logits_e{best}.npz")["logits"]
     if len(logits) != len(val):
         raise SystemExit(f"{len(logits)} logits for {len(val)} validation rows: rerun training")
     y = np.array([CLASSES.index(r["label"]) for r in val])
-    return best, logits, fit_temperature(logits, y)
-
-
-def copy_reader(cross: Path, epoch: int, target: Path) -> None:
-    target.mkdir(parents=True)
-    for name in ("adapter_config.json", "adapter_model.safetensors"):
-        shutil.copyfile(cross / f"adapter_e{epoch}" / name, target / name)
-    shutil.copyfile(cross / f"head_e{epoch}.npz", target / "head.npz")
-
-
-def calibrate_post_crisis(
-    args: Args, first: Any, policy: Policy, out: Path
-) -> tuple[Policy, dict[str, Any]]:
-    """The post-crisis reader of ``--post_crisis`` calibrated on its subset's validation rows
-    against the first reader ``first`` at ``policy``'s thresholds, copied into ``out``."""
-    from companion.safety.lm_reader import load_lm_reader
-
-    run = Path(args.post_crisis)
-    excluded = {s for s in args.exclude.split(",") if s}
-    val = user_rows(run / "splits" / "val.jsonl", excluded)
-    pairs = pairs_of(val, policy.context_turns)
-    logits = load_lm_reader(run / "reader", 1.0).logits(pairs)
-    temperature = fit_temperature(logits, np.array([CLASSES.index(r["label"]) for r in val]))
-    p = softmax(logits / temperature)
-    q = first.probabilities(pairs)
-    user = policy.thresholds["user"]
-    labels = np.array([r["label"] for r in val])
-    crisis_rows, risk_rows = labels == "crisis", np.isin(labels, ["crisis", "check_in"])
-
-    def caught(prob: np.ndarray, t_crisis: float) -> np.ndarray:  # crisis, else medical, else risk
-        crisis = prob[:, CLASSES.index("crisis")]
-        risk = prob[:, CLASSES.index("check_in")] + crisis
-        medical = q[:, CLASSES.index("medical")] >= user["medical"]  # medical stays the first's
-        return np.where(crisis >= t_crisis, 1.0, np.where(medical, 0.0, risk))
-
-    first_redirect = float((q[crisis_rows, CLASSES.index("crisis")] >= user["crisis"]).mean())
-    first_catch = float((caught(q, user["crisis"])[risk_rows] >= user["risk"]).mean())
-    redirect_floor = min(first_redirect, args.post_redirect)
-    catch_floor = min(first_catch, args.post_catch)
-    t_crisis = recall_threshold(p[crisis_rows, CLASSES.index("crisis")], redirect_floor)
-    t_risk = recall_threshold(caught(p, t_crisis)[risk_rows], catch_floor)
-    none_rows = labels == "none"
-    figures = {
-        "rows": len(val),
-        "crisis_rows": int(crisis_rows.sum()),
-        "risk_rows": int(risk_rows.sum()),
-        "none_rows": int(none_rows.sum()),
-        "first_redirect": round(first_redirect, 4),
-        "first_catch": round(first_catch, 4),
-        "redirect_floor": round(redirect_floor, 4),
-        "catch_floor": round(catch_floor, 4),
-        "redirect": round(float((p[crisis_rows, 2] >= t_crisis).mean()), 4),
-        "catch": round(float((caught(p, t_crisis)[risk_rows] >= t_risk).mean()), 4),
-        "first_none_fired": round(
-            float((caught(q, user["crisis"])[none_rows] >= user["risk"]).mean()), 4
-        ),
-        "none_fired": round(float((caught(p, t_crisis)[none_rows] >= t_risk).mean()), 4),
-        "temperature": round(temperature, 4),
-    }
-    banner("post-crisis reader on its subset's validation rows (first reader beside it)")
-    for key, value in figures.items():
-        print(f"  {key:18s} {value}")
-    shutil.copytree(run / "reader", out / "post_crisis")
-    policy = replace(
-        policy,
-        post_crisis_dir="post_crisis",
-        post_crisis_temperature=round(temperature, 4),
-        post_crisis_thresholds={"crisis": round(t_crisis, 6), "risk": round(t_risk, 6)},
-        training={**policy.training, "post_crisis": {"reader": "smollm2-135m lora", **figures}},
-    )
-    return policy, figures
-
-
-def main(args: Args) -> None:
-    run = Path(args.run_dir)
-    cross = run / "cross"
-    excluded = {s for s in args.exclude.split(",") if s}
-    val = user_rows(run / "splits" / "val.jsonl", excluded)
-    best, logits, temperature = best_epoch(cross, val, args.epoch)
+    temperature = fit_temperature(logits, y)
     p = softmax(logits / temperature)
     crisis, medical = p[:, CLASSES.index("crisis")], p[:, CLASSES.index("medical")]
     risk = p[:, CLASSES.index("check_in")] + crisis
@@ -296,7 +205,10 @@ def main(args: Args) -> None:
     head, reply_policy = load_artifact(reply_folder)
     out = run / "artifact_cross"
     shutil.rmtree(out, ignore_errors=True)
-    copy_reader(cross, best, out / "cross")
+    (out / "cross").mkdir(parents=True)
+    for name in ("adapter_config.json", "adapter_model.safetensors"):
+        shutil.copyfile(cross / f"adapter_e{best}" / name, out / "cross" / name)
+    shutil.copyfile(cross / f"head_e{best}.npz", out / "cross" / "head.npz")
     adapter = encoder_adapter_dir(reply_policy, reply_folder)
     if adapter is not None:
         shutil.copytree(adapter, out / reply_policy.encoder_adapter)
@@ -347,17 +259,6 @@ def main(args: Args) -> None:
         policy, thresholds={**policy.thresholds, "user": thresholds}, training=training
     )
     write_policy(out, policy)
-    if args.post_crisis:
-        policy, _ = calibrate_post_crisis(args, clf.cross, policy, out)
-        write_policy(out, policy)
-        banner("the cascade in the validation replay")
-        clf = SafetyClassifier.from_defaults(artifact=out)
-        clf.cross, clf.post_crisis = Memo(clf.cross), Memo(clf.post_crisis)
-        figures = replay_floors(clf, dialogue)
-        print("  " + ", ".join(f"{k} {v:.3f}" for k, v in sorted(figures.items())))
-        training = {**policy.training, "replay": {k: round(v, 4) for k, v in figures.items()}}
-        policy = replace(policy, training=training)
-        write_policy(out, policy)
     print(f"\nwrote {out} (policy {policy.policy_version}; user thresholds {thresholds})")
     if args.install:
         shutil.rmtree(INSTALL_DIR, ignore_errors=True)

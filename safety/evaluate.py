@@ -166,7 +166,7 @@ def main(args: Args) -> None:
         policy.encoder_quantization,
     )
     cache = EmbeddingCache(encoder, cache_path(run, encoder.name))
-    readers = cross_reader_for(policy, args.artifact or None)
+    cross = cross_reader_for(policy, args.artifact or None)
     out_dir = run / "eval"
     out_dir.mkdir(parents=True, exist_ok=True)
 
@@ -188,14 +188,14 @@ def main(args: Args) -> None:
         part = [i for i, r in enumerate(rows) if r["role"] == role.value]
         if part:
             scores = classifier_scores(
-                [rows[i] for i in part], role.value, cache, head, policy, readers
+                [rows[i] for i in part], role.value, cache, head, policy, cross
             )
             for i, s in zip(part, scores, strict=True):
                 rows[i]["scores"] = s
         by_role[role.value] = np.array(part)
     with_ctx = [r for r in rows if r["role"] == "user" and r.get("context")]
     alone = classifier_scores(
-        [{**r, "context": []} for r in with_ctx], "user", cache, head, policy, readers
+        [{**r, "context": []} for r in with_ctx], "user", cache, head, policy, cross
     )
     for r, s in zip(with_ctx, alone, strict=True):
         r["alone"] = s

@@ -11,8 +11,6 @@ Reports, with bootstrap intervals over conversations:
 - risk conversations: share caught (check-in or redirect) at the turn where risk first appears,
   how late otherwise; turns labelled crisis redirected at once, caught at all; check-in turns
   caught; medical turns redirected;
-- the share of turns read after a crisis turn (``turns_read_after_crisis``: those a policy's
-  post-crisis reader decides);
 - the ship rule's catch rate: the share of distinct clean crisis and check-in messages of the
   split (each at its lowest over the rows that end with it, as ``calibrate.py`` counts) that
   are checked in or redirected as crisis.
@@ -71,21 +69,15 @@ class Args:
 _ACTION = {Decision.NONE: Action.ANSWERED, Decision.CHECK_IN: Action.CHECKED_IN}
 
 
-def play(
-    clf: SafetyClassifier, turns: list[dict[str, Any]], args: Args
-) -> tuple[list[Decision], list[bool]]:
-    """The guard's decision for each user turn of one conversation, state included, and
-    whether the turn was read after a crisis turn (by a post-crisis reader, if the policy has
-    one)."""
+def play(clf: SafetyClassifier, turns: list[dict[str, Any]], args: Args) -> list[Decision]:
+    """The guard's decision for each user turn of one conversation, state included."""
     history: list[Turn] = []
-    decisions, after = [], []
+    decisions = []
     for t in turns:
-        state = triage_state(history, args.quiet_turns, args.context_turns)
-        after.append(state.after_crisis)
+        state = triage_state(history, args.quiet_turns)
         context = [h.text for h in history if h.role is Role.USER][-args.context_turns :]
         verdict, _ = apply_triage(
-            clf.classify(t["text"], Role.USER, context, state.check_in, state.after_crisis),
-            state,
+            clf.classify(t["text"], Role.USER, context, state.check_in), state
         )
         decisions.append(verdict.decision)
         action = _ACTION.get(verdict.decision, Action.REDIRECTED)
@@ -96,7 +88,7 @@ def play(
                 Role.ASSISTANT, "(fixed or model reply)", 0.0, verdict.category, action, {}, n + 1
             ),
         ]
-    return decisions, after
+    return decisions
 
 
 def catch_rate(clf: SafetyClassifier, run: Path, args: Args) -> dict[str, Any]:
@@ -156,8 +148,7 @@ def replay(
     late: list[int | None] = []
     for cid, turns in sorted(convs.items()):
         turns.sort(key=lambda r: r["turn"])
-        decisions, after = play(clf, turns, args)
-        stats["turns_read_after_crisis"] += [(float(a), cid) for a in after]
+        decisions = play(clf, turns, args)
         labels = [t["label"] for t in turns]
         if all(lab == "none" for lab in labels) and turns[0]["subtype"].startswith("benign"):
             for d in decisions:
@@ -219,7 +210,7 @@ def main(args: Args) -> None:
         "embedded", adapter, policy.encoder_layers, policy.encoder_quantization
     )
     cache = EmbeddingCache(encoder, cache_path(run, encoder.name))
-    clf = SafetyClassifier(cache, head, policy, *cross_reader_for(policy, folder))
+    clf = SafetyClassifier(cache, head, policy, cross_reader_for(policy, folder))
     print(f"policy {policy.policy_version}; split {args.split}")
 
     if args.conversations:

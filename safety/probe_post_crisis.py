@@ -1,14 +1,6 @@
-"""Readers trained only on the turns after a crisis: round 22's probe and round 25's S.
+"""Round 22 probe: readers trained only on the turns after a crisis, beside a full candidate.
 
-``--step train`` trains S (SmolLM2-135M with LoRA and a four-way head) on the subset of a run
-and saves it as a PEFT adapter in ``{out_dir}/reader``, the post-crisis reader that
-``calibrate_cross.py --post_crisis {out_dir}`` puts into an artifact (classifier card, "Round
-25 rule"):
-
-    python safety/probe_post_crisis.py --step subset --run_dir runs/x8 --out_dir runs/x8post
-    python safety/probe_post_crisis.py --step train --run_dir runs/x8 --out_dir runs/x8post
-
-The probe (card, "Round 22 probe") reads S beside a full candidate. Three steps:
+Not a candidate and not used at run time (classifier card, "Round 22 probe"). Three steps:
 
     # 1. the subset: user rows whose context holds a risk turn, old-crisis windows, recovered
     python safety/probe_post_crisis.py --step subset --run_dir runs/x7 --out_dir runs/x7post
@@ -75,14 +67,13 @@ FAILED = (  # round 21: the two turns X7 redirected that the suite wants answere
 
 @dataclass
 class Args:
-    step: str = field(metadata={"help": "subset, train or read"})
+    step: str = field(metadata={"help": "subset or read"})
     run_dir: str = field(default="runs/x7", metadata={"help": "folder from prepare.py"})
     out_dir: str = field(default="runs/x7post", metadata={"help": "subset: where to write"})
     artifact: str = field(default="runs/x7/artifact_cross", metadata={"help": "read: candidate"})
     control: str = field(default="", metadata={"help": "read: train_cross run on the subset"})
     epochs: int = field(default=2, metadata={"help": "read: S's epochs"})
     seed: int = field(default=13, metadata={"help": "read: S's seed"})
-    max_steps: int = field(default=0, metadata={"help": "train: stop after N steps (0: all)"})
 
 
 def after_crisis(path: Path) -> list[dict[str, Any]]:
@@ -160,7 +151,7 @@ class LMReader:
         return out
 
 
-def train_lm(train: list[dict[str, Any]], epochs: int, seed: int, max_steps: int = 0) -> LMReader:
+def train_lm(train: list[dict[str, Any]], epochs: int, seed: int) -> LMReader:
     import torch
 
     torch.manual_seed(seed)
@@ -170,8 +161,6 @@ def train_lm(train: list[dict[str, Any]], epochs: int, seed: int, max_steps: int
     for epoch in range(1, epochs + 1):
         losses = []
         for idx in plan_batches(pairs, 16, rng):
-            if max_steps and len(losses) >= max_steps:
-                break
             y = np.array([CLASSES.index(train[i]["label"]) for i in idx], dtype=np.int64)
             w = np.array([train[i].get("weight", 1.0) for i in idx], dtype=np.float32)
             losses.append(reader.step([pairs[i] for i in idx], y, w))
@@ -215,15 +204,6 @@ def main(args: Args) -> None:
             print(f"  {split}: {len(rows)} rows")
         return
     import torch
-
-    if args.step == "train":
-        torch.set_num_threads(2)
-        train = after_crisis(run / "splits" / "train.jsonl")
-        banner(f"S: {len(train)} train rows after a crisis")
-        lm = train_lm(train, args.epochs, args.seed, args.max_steps)
-        lm.model.save_pretrained(Path(args.out_dir) / "reader")
-        print(f"wrote {Path(args.out_dir) / 'reader'}")
-        return
 
     from companion.models import load_encoder
     from companion.safety import SafetyClassifier

@@ -26,7 +26,6 @@ class FakeGuard:
         self.raise_on = raise_on
         self.calls: list[tuple[str, Role, tuple[str, ...]]] = []
         self.answers: list[str] = []
-        self.after_crisis: list[bool | None] = []
 
     def classify(
         self,
@@ -34,12 +33,10 @@ class FakeGuard:
         role: Role | str = Role.USER,
         context: Sequence[str] = (),
         last_assistant: str = "",
-        after_crisis: bool | None = None,
     ) -> Verdict:
         role = Role(role)
         self.calls.append((text, role, tuple(context)))
         self.answers.append(last_assistant)
-        self.after_crisis.append(after_crisis)
         if self.raise_on is role:
             raise RuntimeError("guard backend down")
         scores = {"crisis": 0.0, "medical": 0.0, "risk": 0.0}

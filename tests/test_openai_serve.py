@@ -82,8 +82,8 @@ class OutputFiresGuard:
         self.guard = guard
         self.policy_version = guard.policy_version
 
-    def classify(self, text, role=Role.USER, context=(), last_assistant="", after_crisis=None):
-        verdict = self.guard.classify(text, role, context, last_assistant, after_crisis)
+    def classify(self, text, role=Role.USER, context=(), last_assistant=""):
+        verdict = self.guard.classify(text, role, context, last_assistant)
         if Role(role) is not Role.ASSISTANT:
             return verdict
         scores = {**verdict.scores, "crisis": 1.0}

@@ -109,19 +109,3 @@ def test_train_cross_and_calibrate_cross_on_a_tiny_subset(tmp_path):
 
     clf = SafetyClassifier.from_defaults(artifact=artifact)
     assert clf.classify("hello").decision.value in ("none", "check_in", "redirect")
-    # round 25: the SmolLM2 post-crisis reader trained on the subset joins the artifact
-    post = str(tmp_path / "post")
-    _run("probe_post_crisis.py", "--step", "subset", "--run_dir", run, "--out_dir", post)
-    _run("probe_post_crisis.py", "--step", "train", "--run_dir", run, "--out_dir", post,
-         "--epochs", "1", "--max_steps", "2")  # fmt: skip
-    out = _run("calibrate_cross.py", "--run_dir", run, "--first_turn", "0.5",
-               "--post_crisis", post)  # fmt: skip
-    assert "post-crisis reader on its subset's validation rows" in out
-    assert "the cascade in the validation replay" in out
-    policy = json.loads((artifact / "policy.json").read_text())
-    assert policy["post_crisis_dir"] == "post_crisis"
-    assert set(policy["post_crisis_thresholds"]) == {"crisis", "risk"}
-    clf = SafetyClassifier.from_defaults(artifact=artifact)
-    assert clf.post_crisis is not None
-    after = clf.classify("thanks", context=["I want to kill myself"], after_crisis=True)
-    assert after.thresholds["crisis"] == policy["post_crisis_thresholds"]["crisis"]

@@ -23,13 +23,13 @@ class LoggingGuard(FakeGuard):
         self.raise_at = raise_at
         self.reply_checks = 0
 
-    def classify(self, text, role=Role.USER, context=(), last_assistant="", after_crisis=None):
+    def classify(self, text, role=Role.USER, context=(), last_assistant=""):
         if Role(role) is Role.ASSISTANT:
             self.reply_checks += 1
             self.log.append(("check", text))
             if self.reply_checks == self.raise_at:
                 raise RuntimeError("guard backend down")
-        return super().classify(text, role, context, last_assistant, after_crisis)
+        return super().classify(text, role, context, last_assistant)
 
 
 class CountingGenerator(FakeGenerator):
@@ -107,8 +107,8 @@ class FirstSentenceGuard(LoggingGuard):
     """Flags the reply when it is exactly its first sentence (as a short prefix can read as
     advice that the whole reply is not)."""
 
-    def classify(self, text, role=Role.USER, context=(), last_assistant="", after_crisis=None):
-        v = super().classify(text, role, context, last_assistant, after_crisis)
+    def classify(self, text, role=Role.USER, context=(), last_assistant=""):
+        v = super().classify(text, role, context, last_assistant)
         if Role(role) is Role.ASSISTANT and text == "It's normal anxiety. ":
             return FakeGuard().classify("MEDICAL", role)
         return v

@@ -169,15 +169,3 @@ def test_a_reply_without_risk_topics_is_released(make_pipeline):
 )
 def test_risk_topic_rule(text, raised):
     assert raises_risk_topic(text) is raised
-
-
-def test_the_guard_is_told_when_its_context_holds_a_turn_read_as_crisis(make_pipeline):
-    guard = FakeGuard()
-    gen = FakeGenerator(["I hear you."] * 4)
-    p = make_pipeline(guard=guard, generator=gen, config=PipelineConfig(guard_context_turns=2))
-    sid = _session(p)
-    for text in ("hello", "CRISIS now", "thanks", "ok", "fine"):
-        p.turn(sid, text)
-    calls = zip(guard.calls, guard.after_crisis, strict=True)
-    user_checks = [flag for (_, role, _), flag in calls if role is Role.USER]
-    assert user_checks == [False, False, True, True, False]  # two user turns of context

@@ -5,9 +5,6 @@ the state survives restarts and replicas with the turns themselves:
 
 - the companion's last message, when it was the check-in question: the newest user message is
   its answer, and the guard is told so;
-- whether the guard read one of the user turns in its context as crisis or possible risk (the
-  stored category of the user turn): policies with a post-crisis reader read the newest message
-  with it then;
 - after a check-in answered with a clear no (that exchange was answered), a quiet period of a
   few turns in which a new check-in is held back unless the risk score rises above the one
   that asked. A redirect is never held back, and an uncertain answer to the question itself
@@ -33,13 +30,10 @@ class TriageState:
         check_in: The companion's last message when it was the check-in question, else ``""``.
         quiet_above: During a quiet period, the risk score a new check-in must exceed; ``None``
             outside one.
-        after_crisis: One of the user turns the guard reads as context was read as crisis or
-            possible risk (redirected for crisis or checked in).
     """
 
     check_in: str = ""
     quiet_above: float | None = None
-    after_crisis: bool = False
 
 
 def _exchanges(history: Sequence[Turn]) -> list[tuple[Turn, Turn]]:
@@ -50,15 +44,8 @@ def _exchanges(history: Sequence[Turn]) -> list[tuple[Turn, Turn]]:
     ]
 
 
-def triage_state(history: Sequence[Turn], quiet_turns: int, context_turns: int) -> TriageState:
-    """The check-in state after ``history`` (stored turns, oldest first), for a guard that reads
-    the last ``context_turns`` user turns as context."""
-    users = [t for t in history if t.role is Role.USER][-context_turns:] if context_turns else []
-    after = any(t.category is Category.CRISIS for t in users)
-    return replace(_check_in_state(history, quiet_turns), after_crisis=after)
-
-
-def _check_in_state(history: Sequence[Turn], quiet_turns: int) -> TriageState:
+def triage_state(history: Sequence[Turn], quiet_turns: int) -> TriageState:
+    """The check-in state after ``history`` (stored turns, oldest first)."""
     pairs = _exchanges(history)
     if not pairs:
         return TriageState()

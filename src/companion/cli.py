@@ -48,7 +48,6 @@ def _cmd_classify(args: argparse.Namespace) -> int:
                 Role(r.get("role", "user")),
                 tuple(r.get("context", ())),
                 r.get("last_assistant", "") or "",
-                None if r.get("after_crisis") is None else bool(r["after_crisis"]),
             )
             for r in rows
         ]

@@ -233,11 +233,11 @@ class Pipeline:
         full = session_is_full(history, cfg.max_turns_per_session)
         n = cfg.guard_context_turns
         user_context = [t.text for t in history if t.role is Role.USER][-n:] if n else []
-        state = triage_state(history, cfg.check_in_quiet_turns, n)
+        state = triage_state(history, self.config.check_in_quiet_turns)
         timings: dict[str, float] = {} if lock is None else {"lock_wait_ms": lock.waited_ms}
 
         t0 = time.perf_counter()
-        verdict_in = self._check(text, Role.USER, user_context, state.check_in, state.after_crisis)
+        verdict_in = self._check(text, Role.USER, user_context, state.check_in)
         verdict_in, held_back = apply_triage(verdict_in, state)
         timings["input_guard_ms"] = _ms(t0)
         verdict_out: Verdict | None = None
@@ -419,18 +419,13 @@ class Pipeline:
         return text, tuple(listed), verdict.category, Action.REDIRECTED
 
     def _check(
-        self,
-        text: str,
-        role: Role,
-        context: list[str],
-        last_assistant: str = "",
-        after_crisis: bool | None = None,
+        self, text: str, role: Role, context: list[str], last_assistant: str = ""
     ) -> Verdict:
         direction = Direction.INPUT if role is Role.USER else Direction.OUTPUT
         limit = self.config.guard_timeout_seconds
         try:
             return call_within(
-                lambda: self.guard.classify(text, role, context, last_assistant, after_crisis),
+                lambda: self.guard.classify(text, role, context, last_assistant),
                 limit,
                 self._stuck_guard,
                 lambda: GuardTimeout(f"the safety check took longer than {limit} s"),

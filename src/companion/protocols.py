@@ -50,12 +50,10 @@ class SafetyGuard(Protocol):
         role: Role | str = Role.USER,
         context: Sequence[str] = (),
         last_assistant: str = "",
-        after_crisis: bool | None = None,
     ) -> Verdict:
         """Check ``text`` written by ``role``; ``context``: earlier user turns, oldest first;
         ``last_assistant``: the companion's previous message when it was the check-in question
-        (``text`` answers it), else ``""``; ``after_crisis``: whether the guard read one of the
-        context's turns as crisis or possible risk (``None``: not known)."""
+        (``text`` answers it), else ``""``."""
         ...
 
 

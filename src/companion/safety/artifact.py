@@ -78,14 +78,6 @@ class Policy:
         cross_dir: Folder, relative to the artifact, of the cross-encoder (a LoRA adapter on
             the base encoder and ``head.npz``); set exactly when ``user_reader`` is ``"cross"``.
         cross_temperature: The cross-encoder's logits are divided by it (fitted on validation).
-        post_crisis_dir: Folder, relative to the artifact, of the post-crisis reader (a PEFT
-            sequence-classification adapter on the embedded SmolLM2-135M, round 25,
-            :mod:`companion.safety.lm_reader`) that decides ``crisis`` and ``risk`` for the
-            user messages whose context holds a turn the guard read as crisis or possible risk;
-            ``medical`` stays the cross-encoder's. Empty: the cross-encoder decides every
-            message.
-        post_crisis_temperature: Its logits are divided by it.
-        post_crisis_thresholds: Its ``crisis`` and ``risk`` thresholds (user messages).
         training: Free-form provenance (data hash, seed, sizes, hyperparameters).
     """
 
@@ -107,9 +99,6 @@ class Policy:
     user_reader: str = "embedding"
     cross_dir: str = ""
     cross_temperature: float = 1.0
-    post_crisis_dir: str = ""
-    post_crisis_temperature: float = 1.0
-    post_crisis_thresholds: Mapping[str, float] = field(default_factory=dict)
     training: Mapping[str, Any] = field(default_factory=dict)
 
     @property
@@ -152,20 +141,8 @@ class Policy:
             raise ValueError("set cross_dir exactly when user_reader is 'cross'")
         if self.user_reader == "cross" and set(self.labels) != {"crisis", "medical", "risk"}:
             raise ValueError(f"labels={self.labels}: a cross-encoder policy scores all three")
-        if self.cross_temperature <= 0 or self.post_crisis_temperature <= 0:
-            raise ValueError(
-                f"cross_temperature={self.cross_temperature}, post_crisis_temperature="
-                f"{self.post_crisis_temperature}: need > 0"
-            )
-        if self.post_crisis_dir and self.user_reader != "cross":
-            raise ValueError("post_crisis_dir needs user_reader 'cross'")
-        post = dict(self.post_crisis_thresholds)
-        well_formed = set(post) == {"crisis", "risk"} and all(0 <= v <= 1 for v in post.values())
-        if bool(self.post_crisis_dir) != bool(post) or (post and not well_formed):
-            raise ValueError(
-                f"post_crisis_thresholds={post}: crisis and risk in [0, 1], exactly when "
-                "post_crisis_dir is set"
-            )
+        if self.cross_temperature <= 0:
+            raise ValueError(f"cross_temperature={self.cross_temperature}: need > 0")
         for role in Role:
             got = self.thresholds.get(role.value, {})
             missing = set(self.role_labels(role)) - set(got)
@@ -180,7 +157,6 @@ class Policy:
         out = asdict(self)
         out["labels"] = list(self.labels)
         out["thresholds"] = {r: dict(t) for r, t in self.thresholds.items()}
-        out["post_crisis_thresholds"] = dict(self.post_crisis_thresholds)
         return out
 
     @classmethod
@@ -254,22 +230,17 @@ def encoder_adapter_dir(policy: Policy, directory: str | Path | None = None) -> 
     return folder
 
 
-def cross_dir(
-    policy: Policy, directory: str | Path | None = None, post_crisis: bool = False
-) -> Path | None:
+def cross_dir(policy: Policy, directory: str | Path | None = None) -> Path | None:
     """The cross-encoder folder of the artifact in ``directory`` (default: the shipped one), or
-    ``None`` when users are read by the embedding head; with ``post_crisis``, the post-crisis
-    reader's folder, or ``None`` when the policy has none.
+    ``None`` when users are read by the embedding head.
 
     Raises:
-        ModelLoadError: the policy names a reader that is not in the folder.
+        ModelLoadError: the policy names a cross-encoder that is not in the folder.
     """
-    name = policy.post_crisis_dir if post_crisis else policy.cross_dir
-    if policy.user_reader != "cross" or not name:
+    if policy.user_reader != "cross":
         return None
-    folder = (default_artifact_dir() if directory is None else Path(directory)) / name
-    files = ("adapter_config.json", "adapter_model.safetensors")
-    for file in files if post_crisis else (*files, "head.npz"):  # the LM's head is in its adapter
-        if not (folder / file).is_file():
-            raise ModelLoadError(f"safety artifact's reader {folder} lacks {file}")
+    folder = (default_artifact_dir() if directory is None else Path(directory)) / policy.cross_dir
+    for name in ("adapter_config.json", "adapter_model.safetensors", "head.npz"):
+        if not (folder / name).is_file():
+            raise ModelLoadError(f"safety artifact's cross-encoder {folder} lacks {name}")
     return folder

@@ -24,7 +24,7 @@ from ..errors import ModelLoadError
 from ..protocols import Encoder
 from ..types import Category, Decision, Direction, Role, Verdict
 from .artifact import Policy, cross_dir, encoder_adapter_dir, load_artifact
-from .cross import CrossReader, PairReader, load_cross_reader, pair_texts
+from .cross import CrossReader, load_cross_reader, pair_texts
 from .cross import scores as cross_scores
 from .features import build_features, feature_blocks
 from .heads import FloatArray, Head, LinearHead
@@ -44,17 +44,12 @@ class ClassifyItem:
         context: Earlier user turns, oldest first (used for user messages).
         last_assistant: The companion's previous message when it was the check-in question;
             the newest user message is then read as the answer to it. Empty otherwise.
-        after_crisis: Whether the guard read one of the context's last ``context_turns`` turns
-            as crisis or possible risk (the pipeline knows it from the stored turns). ``None``:
-            the classifier finds out by reading those turns. Only a policy with a post-crisis
-            reader uses it: that reader then decides ``crisis`` and ``risk``.
     """
 
     text: str
     role: Role = Role.USER
     context: tuple[str, ...] = ()
     last_assistant: str = ""
-    after_crisis: bool | None = None
 
     @property
     def answers_check_in(self) -> bool:
@@ -100,9 +95,6 @@ class SafetyClassifier:
         policy: Labels, thresholds per role, context policy and version.
         cross: The cross-encoder that reads user messages, exactly when the policy's
             ``user_reader`` is ``"cross"`` (the head then scores replies only).
-        post_crisis: The post-crisis reader, exactly when the policy has ``post_crisis_dir``:
-            it decides ``crisis`` and ``risk`` of the user messages whose context holds a turn
-            read as crisis or possible risk (see :attr:`ClassifyItem.after_crisis`).
 
     Example:
         >>> clf = SafetyClassifier.from_defaults()
@@ -115,24 +107,16 @@ class SafetyClassifier:
     """
 
     def __init__(
-        self,
-        encoder: Encoder,
-        head: Head,
-        policy: Policy,
-        cross: CrossReader | None = None,
-        post_crisis: PairReader | None = None,
+        self, encoder: Encoder, head: Head, policy: Policy, cross: CrossReader | None = None
     ) -> None:
         if set(head.labels) != set(policy.head_labels):
             raise ValueError(f"head labels {head.labels} differ from policy {policy.head_labels}")
         if (cross is not None) != (policy.user_reader == "cross"):
             raise ValueError(f"user_reader={policy.user_reader!r}: pass cross exactly for 'cross'")
-        if (post_crisis is not None) != bool(policy.post_crisis_dir):
-            raise ValueError("pass post_crisis exactly when the policy has post_crisis_dir")
         self.encoder = encoder
         self.head = head
         self.policy = policy
         self.cross = cross
-        self.post_crisis = post_crisis
         self.labels: tuple[str, ...] = tuple(policy.labels) if cross else tuple(head.labels)
         """Column order of :meth:`score_batch`."""
         self.policy_version = policy.policy_version
@@ -173,15 +157,10 @@ class SafetyClassifier:
                 f"the safety head was trained on encoder {policy.encoder!r}, not {name!r}; "
                 "train a head for this encoder with the safety/ scripts and pass artifact="
             )
-        cross = post_crisis = None
+        cross = None
         folder = cross_dir(policy, artifact)
         if folder is not None:  # from the base encoder, before the head's encoder is shaped
             cross = load_cross_reader(encoder, folder, policy.cross_temperature)
-        folder = cross_dir(policy, artifact, post_crisis=True)
-        if folder is not None:
-            from .lm_reader import load_lm_reader
-
-            post_crisis = load_lm_reader(folder, policy.post_crisis_temperature)
         from .encoding import guard_encoder
 
         encoder = guard_encoder(
@@ -196,7 +175,7 @@ class SafetyClassifier:
             from .onnx_runtime import onnx_encoder
 
             encoder = onnx_encoder(encoder, runtime, threads=torch.get_num_threads())
-        return cls(encoder, head, policy, cross, post_crisis)
+        return cls(encoder, head, policy, cross)
 
     @property
     def thresholds(self) -> dict[str, dict[str, float]]:
@@ -209,7 +188,6 @@ class SafetyClassifier:
         role: Role | str = Role.USER,
         context: Sequence[str] = (),
         last_assistant: str = "",
-        after_crisis: bool | None = None,
     ) -> Verdict:
         """Check one message.
 
@@ -219,84 +197,46 @@ class SafetyClassifier:
             context: Earlier user turns, oldest first (ignored for assistant replies).
             last_assistant: The companion's previous message when it was the check-in
                 question (the newest message answers it); ``""`` otherwise.
-            after_crisis: See :attr:`ClassifyItem.after_crisis`.
 
         Returns:
             The verdict: its decision is ``NONE``, ``CHECK_IN`` or ``REDIRECT``.
         """
-        item = ClassifyItem(text, Role(role), tuple(context), last_assistant, after_crisis)
+        item = ClassifyItem(text, Role(role), tuple(context), last_assistant)
         return self.classify_batch([item])[0]
 
     def classify_batch(self, items: Sequence[ClassifyItem]) -> list[Verdict]:
         """Check many messages in one encoder pass."""
-        scores, post = self._scored(items)
-        return [
-            self._verdict(row, item, p) for row, item, p in zip(scores, items, post, strict=True)
-        ]
+        scores = self.score_batch(items)
+        return [self._verdict(row, item) for row, item in zip(scores, items, strict=True)]
 
     def score_batch(self, items: Sequence[ClassifyItem]) -> FloatArray:
         """Raw scores of shape ``(len(items), len(self.labels))``.
 
         Policies with a cross-encoder score user messages with it (one forward pass over the
-        text pairs) and replies with the head (risk column 0); with a post-crisis reader, the
-        ``crisis`` and ``risk`` columns of the messages after a crisis turn are that reader's.
-        Otherwise, see :meth:`_head_scores`.
+        text pairs) and replies with the head (risk column 0). Otherwise, see
+        :meth:`_head_scores`.
         """
-        return self._scored(items)[0]
-
-    def _scored(self, items: Sequence[ClassifyItem]) -> tuple[FloatArray, list[bool]]:
-        """The scores and, per item, whether the post-crisis reader decided it."""
-        post = [False] * len(items)
         if self.cross is None:
-            return self._head_scores(items), post
+            return self._head_scores(items)
         out = np.zeros((len(items), len(self.labels)), dtype=np.float32)
         users = [i for i, item in enumerate(items) if Role(item.role) is Role.USER]
         others = [i for i, item in enumerate(items) if Role(item.role) is not Role.USER]
         if users:
-            pairs = [self._pair(items[i]) for i in users]
+            pairs = [
+                pair_texts(
+                    items[i].text,
+                    items[i].context,
+                    items[i].answers_check_in,
+                    self.policy.context_turns,
+                )
+                for i in users
+            ]
             out[users] = cross_scores(self.cross.probabilities(pairs), self.labels)
-            if self.post_crisis is not None:
-                flags = self._after_crisis([items[i] for i in users])
-                after = [k for k, flag in enumerate(flags) if flag]
-                if after:
-                    columns = [self.labels.index("crisis"), self.labels.index("risk")]
-                    probabilities = self.post_crisis.probabilities([pairs[k] for k in after])
-                    rows = [users[k] for k in after]
-                    out[np.ix_(rows, columns)] = cross_scores(probabilities, ("crisis", "risk"))
-                    for i in rows:
-                        post[i] = True
         if others:
             head = self._head_scores([items[i] for i in others])
             for j, label in enumerate(self.head.labels):
                 out[others, self.labels.index(label)] = head[:, j]
-        return out, post
-
-    def _pair(self, item: ClassifyItem) -> tuple[str, str]:
-        return pair_texts(item.text, item.context, item.answers_check_in, self.policy.context_turns)
-
-    def _after_crisis(self, items: Sequence[ClassifyItem]) -> list[bool]:
-        """:attr:`ClassifyItem.after_crisis` of each user item; where it is ``None``, whether
-        the first reader reads one of the last ``context_turns`` turns (each with the turns
-        before it) as crisis or possible risk, at its thresholds (one forward pass for all)."""
-        assert self.cross is not None
-        turns = self.policy.context_turns
-        owners: list[int] = []
-        pairs: list[tuple[str, str]] = []
-        for k, item in enumerate(items):
-            if item.after_crisis is not None or turns == 0:
-                continue
-            context = [t for t in item.context if t and t.strip()][-turns:]
-            for j, turn in enumerate(context):
-                owners.append(k)
-                pairs.append(pair_texts(turn, context[:j], False, turns))
-        flags = [bool(item.after_crisis) for item in items]
-        if pairs:
-            scores = cross_scores(self.cross.probabilities(pairs), ("crisis", "risk"))
-            user = self.policy.thresholds[Role.USER.value]
-            read = (scores[:, 0] >= user["crisis"]) | (scores[:, 1] >= user["risk"])
-            for k, hit in zip(owners, read, strict=True):
-                flags[k] = flags[k] or bool(hit)
-        return flags
+        return out
 
     def _head_scores(self, items: Sequence[ClassifyItem]) -> FloatArray:
         """Head scores of shape ``(len(items), len(head.labels))``.
@@ -386,11 +326,9 @@ class SafetyClassifier:
     def _answer_blocks(self, role: Role) -> bool:
         return role is Role.USER and self.policy.answer_features
 
-    def _verdict(self, row: FloatArray, item: ClassifyItem, post_crisis: bool) -> Verdict:
+    def _verdict(self, row: FloatArray, item: ClassifyItem) -> Verdict:
         role = Role(item.role)
         thresholds = dict(self.policy.thresholds[role.value])
-        if post_crisis:
-            thresholds.update(self.policy.post_crisis_thresholds)
         labels = self.policy.role_labels(role) if self.cross else self.labels
         by_label = {label: round(float(row[self.labels.index(label)]), 4) for label in labels}
         if role is Role.ASSISTANT:  # generated text never raises risk topics (topics.py)

@@ -15,22 +15,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
 from .normalize import normalize
 
-__all__ = [
-    "CHECK_IN_MARK",
-    "CLASSES",
-    "CrossReader",
-    "PairReader",
-    "load_cross_reader",
-    "pair_texts",
-    "scores",
-]
+__all__ = ["CHECK_IN_MARK", "CLASSES", "CrossReader", "load_cross_reader", "pair_texts", "scores"]
 
 CLASSES = ("none", "check_in", "crisis", "medical")
 """The cross-encoder's output classes, in logit order."""
@@ -74,13 +66,6 @@ def pooled_pairs(tokenizer: Any, model: Any, pairs: Sequence[tuple[str, str]]) -
     hidden = model(**batch).last_hidden_state
     mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
     return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9), int(batch["attention_mask"].sum())
-
-
-class PairReader(Protocol):
-    """A reader of (conversation, message) pairs: class probabilities in :data:`CLASSES`
-    order, one row per pair (:class:`CrossReader`, :class:`~.lm_reader.LMReader`)."""
-
-    def probabilities(self, pairs: Sequence[tuple[str, str]]) -> npt.NDArray[np.float32]: ...
 
 
 class CrossReader:
