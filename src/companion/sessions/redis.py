@@ -6,14 +6,14 @@ import json
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, TypeVar
-from urllib.parse import urlsplit
 
 from .._logging import get_logger
 from ..errors import DuplicateRequest, SessionNotFound, Unavailable
 from ..protocols import ShouldStop, TurnLock
-from ..types import Action, Category, Role, SessionInfo, StoredRequest, Turn
+from ..types import SessionInfo, StoredRequest, Turn
 from ._limits import owner_full, session_full
 from ._lock import RedisTurnLock
+from ._redis_format import describe_url, glob_escape, turn_from_json, turn_json
 from ._redis_scripts import APPEND, RESERVE
 
 if TYPE_CHECKING:
@@ -27,21 +27,6 @@ DEFAULT_TTL_SECONDS = 30 * 24 * 3600
 log = get_logger("companion.sessions")
 
 T = TypeVar("T")
-
-
-def _describe_url(url: str) -> str:
-    """``url`` without credentials or query, for logs and reprs: ``redis://host:port/db``.
-
-    The password can sit in the user part or in a ``?password=`` query: neither is kept.
-    """
-    parts = urlsplit(url)
-    if parts.scheme == "unix":
-        return f"unix://{parts.path}"
-    try:
-        port = f":{parts.port}" if parts.port is not None else ""
-    except ValueError:  # a malformed port: say nothing more about the URL
-        port = ":?"
-    return f"{parts.scheme}://{parts.hostname or ''}{port}{parts.path}"
 
 
 class RedisSessionStore:
@@ -123,7 +108,7 @@ class RedisSessionStore:
         self._errors: tuple[type[Exception], ...] = (redis.RedisError,)
         self._timeouts: tuple[type[Exception], ...] = (redis.TimeoutError,)
         self._unreachable: tuple[type[Exception], ...] = (redis.ConnectionError,)
-        self.url = _describe_url(url)
+        self.url = describe_url(url)
         self.ttl_seconds = ttl_seconds
         self.prefix = prefix
         self.lock_seconds, self.lock_wait_seconds = lock_seconds, lock_wait_seconds
@@ -264,7 +249,7 @@ class RedisSessionStore:
             FailedPrecondition: the session would hold more than ``max_turns`` turns.
             Unavailable: Redis cannot be reached, or ``lock`` no longer holds the session.
         """
-        rows = [_turn_json(t) for t in turns]
+        rows = [turn_json(t) for t in turns]
         keys = [*self.keys(session_id), self.lock_key(session_id)]
         if lock is not None and not isinstance(lock, RedisTurnLock):
             raise TypeError(f"lock must come from this store's lock_turn, not {lock!r}")
@@ -315,7 +300,7 @@ class RedisSessionStore:
         if len(rows) != n:
             return None
         return StoredRequest(
-            request_id, tuple(_turn_from_json(r, start + i) for i, r in enumerate(rows)), outcome
+            request_id, tuple(turn_from_json(r, start + i) for i, r in enumerate(rows)), outcome
         )
 
     def history(self, session_id: str, offset: int = 0, limit: int | None = None) -> list[Turn]:
@@ -339,7 +324,7 @@ class RedisSessionStore:
         if not replies[0]:
             raise SessionNotFound(f"session {session_id} not found")
         rows: list[str] = replies[1] if limit != 0 else []
-        return [_turn_from_json(raw, offset + i) for i, raw in enumerate(rows)]
+        return [turn_from_json(raw, offset + i) for i, raw in enumerate(rows)]
 
     def recent(self, session_id: str, limit: int) -> list[Turn]:
         """The newest ``limit`` turns, oldest first (one snapshot: MULTI/EXEC).
@@ -363,7 +348,7 @@ class RedisSessionStore:
             raise SessionNotFound(f"session {session_id} not found")
         rows: list[str] = replies[2] if limit > 0 else []
         first = int(replies[1]) - len(rows)
-        return [_turn_from_json(raw, first + i) for i, raw in enumerate(rows)]
+        return [turn_from_json(raw, first + i) for i, raw in enumerate(rows)]
 
     def delete(self, session_id: str) -> bool:
         """Erase the session, its turns and its request ids (every key, its turn lock and its
@@ -396,7 +381,7 @@ class RedisSessionStore:
         Raises:
             Unavailable: Redis cannot be reached.
         """
-        prefix, purged = _glob_escape(self.prefix), 0
+        prefix, purged = glob_escape(self.prefix), 0
         with self._redis("purge"):
             keys = list(self._client.scan_iter(match=prefix + "session:*", count=1000))
             for at in range(0, len(keys), 500):
@@ -412,35 +397,3 @@ class RedisSessionStore:
     def close(self) -> None:
         """Close the client's connections."""
         self._client.close()
-
-
-def _glob_escape(text: str) -> str:
-    """``text`` matched literally by a SCAN pattern."""
-    return "".join(f"\\{c}" if c in "*?[]\\" else c for c in text)
-
-
-def _turn_json(t: Turn) -> str:
-    return json.dumps(
-        {
-            "role": t.role.value,
-            "text": t.text,
-            "ts": t.timestamp,
-            "category": t.category.value,
-            "action": t.action.value,
-            "scores": dict(t.scores),
-        },
-        ensure_ascii=False,
-    )
-
-
-def _turn_from_json(raw: str, index: int) -> Turn:
-    d = json.loads(raw)
-    return Turn(
-        Role(d["role"]),
-        d["text"],
-        d["ts"],
-        Category(d["category"]),
-        Action(d["action"]),
-        d["scores"],
-        index,
-    )
