@@ -10,12 +10,11 @@ reads the environment (:meth:`ServerSettings.from_env`) and the file
 from __future__ import annotations
 
 import os
-import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     EnvSettingsSource,
@@ -29,6 +28,7 @@ from pydantic_settings import (
 from ..config import GenerationConfig, PipelineConfig
 from ..sessions.redis import DEFAULT_REDIS_URL, DEFAULT_TTL_SECONDS
 from ._generator_settings import GeneratorSettings
+from ._settings_build import build, where
 
 __all__ = ["ServerSettings"]
 
@@ -334,7 +334,7 @@ class ServerSettings(GeneratorSettings):
     def replace(self, **changes: Any) -> ServerSettings:
         """A validated copy with ``changes`` applied (``None`` values are ignored)."""
         given = {k: v for k, v in changes.items() if v is not None}
-        return _build(type(self), self, given, {})
+        return build(type(self), self, given, {})
 
     @classmethod
     def from_mapping(
@@ -342,7 +342,7 @@ class ServerSettings(GeneratorSettings):
     ) -> ServerSettings:
         """Settings from a mapping of field names over ``base`` (unknown names raise
         ValueError)."""
-        return _build(cls, base, data, {})
+        return build(cls, base, data, {})
 
     @classmethod
     def from_file(
@@ -375,10 +375,10 @@ class ServerSettings(GeneratorSettings):
         except OSError:
             raise
         except Exception as exc:  # tomllib.TOMLDecodeError, yaml.YAMLError, a top-level list
-            raise ValueError(f"config file {p}: not a table of settings{_where(exc)}") from None
+            raise ValueError(f"config file {p}: not a table of settings{where(exc)}") from None
         if isinstance(data.get("server"), dict):
             data = data["server"]
-        return _build(cls, base, data, dict.fromkeys(data, str(p)))
+        return build(cls, base, data, dict.fromkeys(data, str(p)))
 
     @classmethod
     def from_env(
@@ -390,7 +390,7 @@ class ServerSettings(GeneratorSettings):
             source.env_vars = {k.lower(): v for k, v in environ.items()}
         values = source()
         origin = {name: _ENV_PREFIX + name.upper() for name in values}
-        return _build(cls, base, values, origin)
+        return build(cls, base, values, origin)
 
 
 OTHER_ENV = frozenset({"COMPANION_API_KEY", "COMPANION_CACHE_DIR", "COMPANION_DATA_DIR"})
@@ -405,40 +405,3 @@ def unknown_env_names(environ: Mapping[str, str] | None = None) -> list[str]:
     env = os.environ if environ is None else environ
     known = {_ENV_PREFIX + name.upper() for name in ServerSettings.model_fields} | OTHER_ENV
     return sorted(k for k in env if k.upper().startswith(_ENV_PREFIX) and k.upper() not in known)
-
-
-def _where(exc: Exception) -> str:
-    # Where a file failed to parse, without yaml's quote of the line: it may hold an API key.
-    if isinstance(exc, tomllib.TOMLDecodeError):
-        return f" ({exc})"  # "Invalid value (at line 1, column 8)": no file content
-    mark = getattr(exc, "problem_mark", None)
-    return f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
-
-
-def _build(
-    cls: type[ServerSettings],
-    base: ServerSettings | None,
-    values: Mapping[str, Any],
-    origin: Mapping[str, str],
-) -> ServerSettings:
-    """``base`` (defaults when ``None``) updated with ``values``, validated as a whole.
-
-    Raises:
-        ValueError: one line per bad field, naming it and where its value came from.
-    """
-    merged = {**(base.model_dump() if base is not None else {}), **values}
-    try:
-        return cls(**merged)
-    except ValidationError as exc:
-        problems = []
-        for err in exc.errors(include_url=False, include_input=False):
-            name = ".".join(str(part) for part in err["loc"])
-            where = origin.get(str(err["loc"][0])) if err["loc"] else None
-            message = str(err["msg"]).removeprefix("Value error, ")
-            if err["type"] == "extra_forbidden":
-                message = "unknown server setting"
-            if not name:  # a rule across fields (_tls_files_go_together): it names them
-                problems.append(message)
-                continue
-            problems.append(f"{name}{f' ({where})' if where else ''}: {message}")
-        raise ValueError("; ".join(problems)) from None
