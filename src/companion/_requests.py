@@ -31,6 +31,7 @@ __all__ = [
     "outcome_json",
     "reply_from_stored",
     "validate_request_id",
+    "validate_text",
 ]
 
 MAX_REQUEST_ID_CHARS = 64
@@ -41,6 +42,17 @@ _OUTCOME_VERSION = 1
 def is_valid_request_id(request_id: object) -> bool:
     """True for 1 to 64 ASCII letters, digits, ``-``, ``_``, ``.`` or ``:`` (a UUID fits)."""
     return isinstance(request_id, str) and bool(_REQUEST_ID.fullmatch(request_id))
+
+
+def validate_text(text: object, max_chars: int) -> None:
+    """Raise InvalidArgument unless ``text`` is a non-blank string of at most ``max_chars``
+    characters (the message is never quoted)."""
+    if not isinstance(text, str):
+        raise InvalidArgument("text must be a string")
+    if not text.strip():
+        raise InvalidArgument("text is empty")
+    if len(text) > max_chars:
+        raise InvalidArgument(f"text has {len(text)} characters; the limit is {max_chars}")
 
 
 def validate_request_id(request_id: object) -> str:

@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable, Iterator
 
 from ._events import StreamEvent, TextDelta, TurnDone, Withheld, replay_events
+from ._guarded import checked, generated
 from ._history import (
     FIRST_READ,
     checks_need,
@@ -24,20 +25,17 @@ from ._history import (
 )
 from ._logging import get_logger
 from ._release import ReleaseBuffer, release_checked
-from ._requests import outcome_json, reply_from_stored, validate_request_id
+from ._requests import outcome_json, reply_from_stored, validate_request_id, validate_text
 from ._serial import append_turn, kept_while, lock_turn
-from ._timeouts import Stuck, call_within, stream_within
+from ._timeouts import Stuck
 from ._triage import apply_triage, model_history, triage_state
 from .config import PipelineConfig
 from .context import build_messages
 from .errors import (
     Cancelled,
     DuplicateRequest,
-    GenerationTimeout,
-    GuardTimeout,
     InvalidArgument,
     SessionNotFound,
-    Unavailable,
 )
 from .prompts import SYSTEM_PROMPT
 from .protocols import ChatMessage, Generator, SafetyGuard, SessionStore, ShouldStop, TurnLock
@@ -48,7 +46,6 @@ from .types import (
     Action,
     Category,
     Decision,
-    Direction,
     Reply,
     Resource,
     Role,
@@ -139,7 +136,7 @@ class Pipeline:
         self, session_id: str, text: str, request_id: str | None
     ) -> tuple[SessionInfo, Reply | None]:
         info = self.session(session_id)
-        self._validate(text)
+        validate_text(text, self.config.max_message_chars)
         if request_id is None:
             return info, None
         found = self.store.find_request(session_id, validate_request_id(request_id))
@@ -348,33 +345,9 @@ class Pipeline:
     def _generate(
         self, messages: list[ChatMessage], stop: ShouldStop, session_id: str
     ) -> Iterator[str]:
-        """The model's deltas, within ``generation_timeout_seconds``.
-
-        Raises:
-            Cancelled: the model raised it.
-            Unavailable: the model failed or timed out.
-        """
         limit = self.config.generation_timeout_seconds
-        try:
-            yield from stream_within(
-                lambda halt: self.generator.stream(messages, self.config.generation, halt),
-                limit,
-                self._stuck_model,
-                stop,
-                lambda: GenerationTimeout(f"the model did not finish the reply within {limit} s"),
-            )
-        except Cancelled:
-            raise
-        except Exception as exc:
-            reason = "timeout" if isinstance(exc, GenerationTimeout) else "error"
-            log.error(
-                "generation_failed", session_id=session_id, error=type(exc).__name__, reason=reason
-            )
-            raise Unavailable(
-                f"the model {'timed out' if reason == 'timeout' else 'failed'}; retry",
-                component="generator",
-                reason=reason,
-            ) from exc
+        gen = self.config.generation
+        return generated(self.generator, gen, self._stuck_model, limit, messages, stop, session_id)
 
     def _read_for_model(
         self, session_id: str, newest: list[Turn], text: str, budget: int
@@ -395,16 +368,6 @@ class Pipeline:
         log.info("turn_replayed", session_id=session_id, turn_index=replay.turn_index, raced=True)
         yield from replay_events(replay)
 
-    def _validate(self, text: object) -> None:
-        if not isinstance(text, str):
-            raise InvalidArgument("text must be a string")
-        if not text.strip():
-            raise InvalidArgument("text is empty")
-        if len(text) > self.config.max_message_chars:
-            raise InvalidArgument(
-                f"text has {len(text)} characters; the limit is {self.config.max_message_chars}"
-            )
-
     def _fixed_reply(
         self, verdict: Verdict, locale: str
     ) -> tuple[str, tuple[Resource, ...], Category, Action]:
@@ -421,21 +384,8 @@ class Pipeline:
     def _check(
         self, text: str, role: Role, context: list[str], last_assistant: str = ""
     ) -> Verdict:
-        direction = Direction.INPUT if role is Role.USER else Direction.OUTPUT
         limit = self.config.guard_timeout_seconds
-        try:
-            return call_within(
-                lambda: self.guard.classify(text, role, context, last_assistant),
-                limit,
-                self._stuck_guard,
-                lambda: GuardTimeout(f"the safety check took longer than {limit} s"),
-                "companion-guard",
-            )
-        except Exception as exc:  # fail closed: a broken or hung guard never lets text through
-            reason = "timeout" if isinstance(exc, GuardTimeout) else "error"
-            error = type(exc).__name__
-            log.error("guard_failed", direction=direction.value, error=error, reason=reason)
-            return Verdict.failed(direction, exc, getattr(self.guard, "policy_version", "unknown"))
+        return checked(self.guard, self._stuck_guard, limit, text, role, context, last_assistant)
 
 
 def _ms(t0: float) -> float:
