@@ -40,12 +40,12 @@ def build(
         problems = []
         for err in exc.errors(include_url=False, include_input=False):
             name = ".".join(str(part) for part in err["loc"])
-            where = origin.get(str(err["loc"][0])) if err["loc"] else None
+            source = origin.get(str(err["loc"][0])) if err["loc"] else None
             message = str(err["msg"]).removeprefix("Value error, ")
             if err["type"] == "extra_forbidden":
                 message = "unknown server setting"
             if not name:  # a rule across fields (_tls_files_go_together): it names them
                 problems.append(message)
                 continue
-            problems.append(f"{name}{f' ({where})' if where else ''}: {message}")
+            problems.append(f"{name}{f' ({source})' if source else ''}: {message}")
         raise ValueError("; ".join(problems)) from None
