@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(VENV)/bin/pip
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup redis serve chat test test-fast lint typecheck proto clean safety-model safety-eval
+.PHONY: setup redis serve chat test test-fast lint typecheck proto clean safety-model safety-cascade safety-eval
 
 setup: $(STAMP)
 
@@ -73,6 +73,15 @@ safety-model: setup
 	$(PY) safety/finetune_encoder.py
 	$(PY) safety/train.py
 	$(PY) safety/calibrate.py --install
+
+# Policy 6.4 (card, "Round 28"): the cross-encoder X8 over the conversation, calibrated with
+# the installed artifact's head (policy 3.4's, or the one `make safety-model` built) as the
+# second opinion, then installed. About 45 minutes on a 2-core CPU, most of it training.
+safety-cascade: setup
+	$(PY) safety/prepare.py --out_dir runs/x8 --style_dir training/data/style
+	$(PY) safety/train_cross.py --run_dir runs/x8 --epochs 3 --threads 2
+	$(PY) safety/calibrate_cross.py --run_dir runs/x8 --version 6.4 --catch_rate 0.8322 \
+		--second_opinion --install
 
 safety-eval: setup
 	$(PY) safety/evaluate_conversations.py --artifact shipped

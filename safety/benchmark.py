@@ -15,6 +15,10 @@ Times, per text (one call each, batch of one, as the pipeline does):
 
 A policy whose users are read by a cross-encoder (``user_reader: cross``) runs ``check`` and
 ``check+ctx`` through it (one forward pass over the text pair) and ``reply`` through the head.
+With the cascade of round 27 (``second_opinion``) the head is also asked about the user
+messages the cross-encoder scores between its two crisis thresholds: ``second`` times the
+head's own check of a message with the three turns, and the share of ``check+ctx`` calls that
+asked it is printed.
 
 Texts are hand-written user messages of at most ``max_tokens`` tokens. Prints median and p95
 milliseconds and the check / encoder and check / minilm ratios; writes
@@ -37,7 +41,7 @@ from pathlib import Path
 
 from _common import DEFAULT_RUN_DIR, SEED_DIR, banner, parse_args, read_jsonl
 
-from companion.safety import SafetyClassifier, normalize
+from companion.safety import ClassifyItem, SafetyClassifier, normalize
 
 
 @dataclass
@@ -106,6 +110,8 @@ def main(args: Args) -> None:
         "reply": lambda t: clf.classify(t, role="assistant"),
         "st.encode": lambda t: st.encode([t]),
     }
+    if clf.policy.second_opinion:
+        runs["second"] = lambda t: clf._head_scores([ClassifyItem(t, context=tuple(context))])
     for runtime in [r for r in args.runtimes.split(",") if r and r != "torch"]:
         other = SafetyClassifier.from_defaults(artifact=args.artifact or None, runtime=runtime)
         runs[f"encoder@{runtime}"] = lambda t, e=other.encoder: e.encode([normalize(t)])
@@ -131,6 +137,11 @@ def main(args: Args) -> None:
     print(f"  guard encoder: {enc.name}; users read by: {clf.policy.user_reader}")
     print(f"  check / encoder (median): {ratio:.2f}x; check+ctx / encoder: {ratio_ctx:.2f}x")
     print(f"  check / full MiniLM fp32 encoder (median): {ratio_base:.2f}x")
+    asked = None
+    if clf.policy.second_opinion:
+        verdicts = [clf.classify(t, context=context) for t in texts]
+        asked = round(sum("crisis_second" in v.scores for v in verdicts) / len(texts), 4)
+        print(f"  check+ctx calls that asked the head (rounds 27-28 cascade): {asked}")
     out = {
         **results,
         "guard_encoder": enc.name,
@@ -139,6 +150,7 @@ def main(args: Args) -> None:
         "ratio_check_over_encoder": round(ratio, 3),
         "ratio_check_ctx_over_encoder": round(ratio_ctx, 3),
         "ratio_check_over_minilm": round(ratio_base, 3),
+        "second_opinion_share": asked,
         "n": len(texts),
         "threads": torch.get_num_threads(),
         "loadavg": os.getloadavg()[0],

@@ -43,6 +43,7 @@ from train_cross import user_rows, val_summary
 from companion.safety import Policy, SafetyClassifier, load_artifact
 from companion.safety.artifact import encoder_adapter_dir
 from companion.safety.cross import CLASSES
+from companion.safety.encoding import adapter_digest
 from companion.types import Role
 
 EXPLICIT = (
@@ -72,6 +73,9 @@ class Args:
     reply_artifact: str = field(default="", metadata={"help": "reply side (empty: shipped)"})
     exclude: str = field(default="cssrs", metadata={"help": "as train_cross.py"})
     install: bool = field(default=False, metadata={"help": "copy over the shipped artifact"})
+    second_opinion: bool = field(
+        default=False, metadata={"help": "rounds 27-28: the head confirms redirects (_cascade.py)"}
+    )
 
 
 def softmax(z: np.ndarray) -> np.ndarray:
@@ -129,10 +133,16 @@ def replay_floors(clf: Any, rows: list[dict[str, Any]]) -> dict[str, float]:
 
 
 def search_risk(
-    clf: Any, policy: Policy, start: float, rows: list[dict[str, Any]], args: Args
+    clf: Any,
+    policy: Policy,
+    start: float,
+    rows: list[dict[str, Any]],
+    args: Args,
+    stop_above: float = 1.0,
 ) -> tuple[float, dict[str, float]]:
     """The highest risk threshold at or below ``start`` (3% steps) at which the replay meets
-    ``--first_turn`` and ``--within_one``; ``clf.policy`` is left at it."""
+    ``--first_turn`` and ``--within_one``; ``clf.policy`` is left at it. The walk gives up once
+    more than ``stop_above`` of the benign turns are interrupted (such a policy cannot ship)."""
     t = start
     while True:
         user = {**policy.thresholds["user"], "risk": round(t, 6)}
@@ -147,7 +157,7 @@ def search_risk(
             + ("  <- chosen" if ok else ""),
             flush=True,
         )
-        if ok or t < 1e-5:
+        if ok or t < 1e-5 or figures.get("benign_interrupted", 0.0) > stop_above:
             return round(t, 6), figures
         t *= 0.97
 
@@ -203,6 +213,11 @@ def main(args: Args) -> None:
 
     reply_folder = args.reply_artifact or None
     head, reply_policy = load_artifact(reply_folder)
+    # rebuilt from a shipped cascade, the head keeps its own policy's threshold and name
+    second = dict(reply_policy.second_opinion)
+    head_crisis = second.get("head", float(reply_policy.thresholds["user"]["crisis"]))
+    replies = f"policy {reply_policy.policy_version}"
+    replies = reply_policy.training["replies"] if second else replies
     out = run / "artifact_cross"
     shutil.rmtree(out, ignore_errors=True)
     (out / "cross").mkdir(parents=True)
@@ -212,7 +227,8 @@ def main(args: Args) -> None:
     adapter = encoder_adapter_dir(reply_policy, reply_folder)
     if adapter is not None:
         shutil.copytree(adapter, out / reply_policy.encoder_adapter)
-    head.restricted([Role.ASSISTANT]).save(out / "head.npz")
+    # the cascade asks the head about user messages: it keeps its user weights
+    (head if args.second_opinion else head.restricted([Role.ASSISTANT])).save(out / "head.npz")
     report = json.loads((cross / "report.json").read_text("utf-8"))
     manifest = json.loads((run / "manifest.json").read_text("utf-8"))
     policy = Policy(
@@ -243,8 +259,10 @@ def main(args: Args) -> None:
                 "medical_recall": args.medical_recall,
                 "temperature": round(temperature, 4),
             },
-            "replies": f"policy {reply_policy.policy_version}",
+            "replies": replies,
             "train_hash": manifest["train_hash"],
+            "cross_adapter_digest": adapter_digest(out / "cross"),
+            "encoder_adapter_digest": adapter_digest(adapter) if adapter is not None else "",
         },
     )
     write_policy(out, policy)
@@ -252,9 +270,30 @@ def main(args: Args) -> None:
     clf = SafetyClassifier.from_defaults(artifact=out)
     clf.cross = Memo(clf.cross)
     dialogue = [r for r in read_jsonl(run / "splits" / "val.jsonl") if r["source"] == "dialogues"]
-    t_risk, figures = search_risk(clf, policy, t_risk, dialogue, args)
-    thresholds["risk"] = t_risk
-    training = {**policy.training, "replay": {k: round(v, 4) for k, v in figures.items()}}
+    if args.second_opinion:
+        import _cascade
+
+        banner("rounds 27-28 cascade: the grid of (t_ask, t_sure)")
+        keep = clean & np.isin(labels, ["crisis", "check_in"])
+        rows = [r for r, k in zip(val, keep, strict=True) if k]
+        policy, figures, table = _cascade.search(
+            clf,
+            policy,
+            head_crisis,
+            rows,
+            redirect_pos[keep],
+            np.ones(len(rows), dtype=bool),
+            dialogue,
+            args,
+            lambda c, p, t, d, a: search_risk(c, p, t, d, a, _cascade.STOP_ABOVE),
+        )
+        thresholds = dict(policy.thresholds["user"])
+        training = {**policy.training, "cascade": table}
+    else:
+        t_risk, figures = search_risk(clf, policy, t_risk, dialogue, args)
+        thresholds["risk"] = t_risk
+        training = dict(policy.training)
+    training["replay"] = {k: round(v, 4) for k, v in figures.items()}
     policy = replace(
         policy, thresholds={**policy.thresholds, "user": thresholds}, training=training
     )

@@ -187,3 +187,82 @@ def test_cross_reader_probabilities_on_a_tiny_bert(tmp_path):
     assert np.ptp(flat.probabilities(pairs)) < np.ptp(p)
     with pytest.raises(ValueError, match="temperature"):
         CrossReader(tok, model, weight, bias, 0.0)
+
+
+def _cascade(head_crisis: float, sure: float = 0.8) -> tuple[SafetyClassifier, list]:
+    """A cross policy whose head (user weights kept) scores every user message
+    ``head_crisis``; the head's calls are recorded."""
+    logit = float(np.log(head_crisis / (1.0 - head_crisis)))
+    zeros = np.zeros((4, 2), np.float32)
+    weights = {
+        Role.USER: (zeros, np.array([logit, -9.0], np.float32)),
+        Role.ASSISTANT: (zeros, np.zeros(2, np.float32)),
+    }
+    head = LinearHead(weights, ("crisis", "medical"))
+    policy = _policy(second_opinion={"sure": sure, "head": 0.2})
+    reader = ScriptedReader({"sad": SAD, "maybe": MAYBE, "plan": PLAN, "dose": DOSE})
+    clf = SafetyClassifier(_ZeroEncoder(), head, policy, reader)
+    asked: list = []
+    score = clf._head_scores
+    clf._head_scores = lambda items: asked.append([i.text for i in items]) or score(items)
+    return clf, asked
+
+
+#                    none  check_in crisis medical
+MAYBE = [0.30, 0.05, 0.60, 0.05]  # crisis between the ask (0.5) and sure (0.8) thresholds
+
+
+def test_between_ask_and_sure_the_head_must_agree_before_a_redirect():
+    agrees, asked = _cascade(head_crisis=0.6)
+    v = agrees.classify("maybe", context=["I want to kill myself"])
+    assert (v.decision, v.category) == (Decision.REDIRECT, Category.CRISIS)
+    assert v.scores["crisis_second"] == 0.6 and asked == [["maybe"]]
+    disagrees, _ = _cascade(head_crisis=0.05)
+    v = disagrees.classify("maybe", context=["I want to kill myself"])
+    # the rest of the decision is the cross-encoder's: risk 0.65 >= 0.3 checks in
+    assert (v.decision, v.category) == (Decision.CHECK_IN, Category.CRISIS)
+    assert v.scores["crisis_second"] == 0.05
+
+
+def test_the_head_is_asked_only_between_the_thresholds_and_only_about_users():
+    from companion.safety import ClassifyItem
+
+    clf, asked = _cascade(head_crisis=0.05)
+    out = clf.classify_batch(
+        [
+            ClassifyItem("sad"),
+            ClassifyItem("plan"),  # crisis 0.85 >= sure: redirected alone
+            ClassifyItem("dose"),  # crisis 0.08 < ask: medical, never asked
+            ClassifyItem("maybe"),
+            ClassifyItem("That sounds hard.", Role.ASSISTANT),
+        ]
+    )
+    assert asked == [["That sounds hard."], ["maybe"]]  # the reply's own score, then the cascade
+    assert [v.decision for v in out] == [
+        Decision.NONE,
+        Decision.REDIRECT,
+        Decision.REDIRECT,
+        Decision.CHECK_IN,
+        Decision.NONE,
+    ]
+    assert out[1].category is Category.CRISIS and "crisis_second" not in out[1].scores
+    assert out[2].category is Category.MEDICAL
+
+
+def test_a_second_opinion_needs_a_cross_policy_its_keys_and_user_weights():
+    with pytest.raises(ValueError, match="second_opinion"):
+        _policy(second_opinion={"sure": 0.8})
+    with pytest.raises(ValueError, match="outside"):
+        _policy(second_opinion={"sure": 1.5, "head": 0.2})
+    with pytest.raises(ValueError, match="second_opinion"):
+        Policy(
+            "x",
+            thresholds={"user": USER, "assistant": USER},
+            second_opinion={"sure": 0.8, "head": 0.2},
+        )
+    zeros = (np.zeros((4, 2), np.float32), np.zeros(2, np.float32))
+    replies_only = LinearHead({Role.ASSISTANT: zeros}, ("crisis", "medical"))
+    policy = _policy(second_opinion={"sure": 0.8, "head": 0.2})
+    with pytest.raises(ValueError, match="user weights"):
+        SafetyClassifier(_ZeroEncoder(), replies_only, policy, ScriptedReader({}))
+    assert Policy.from_json(policy.to_json()).second_opinion == {"sure": 0.8, "head": 0.2}

@@ -21,6 +21,7 @@ from companion.safety import (
     save_artifact,
     window_text,
 )
+from companion.safety.artifact import cross_dir
 from companion.safety.encoding import adapter_digest
 from companion.types import Category, Direction, Role
 
@@ -183,20 +184,29 @@ def test_missing_artifact_is_a_model_load_error(tmp_path):
 
 
 def test_shipped_artifact_is_complete():
+    """Policy 6.4 (round 28): a cross-encoder reads user messages on three levels; policy 3.4's
+    head (its encoder adapter, user and reply weights) checks replies and confirms the
+    cross-encoder's less sure crisis redirects."""
     head, policy = load_artifact()
-    assert policy.labels == ("crisis", "medical") and not policy.answer_features
+    assert policy.labels == ("crisis", "medical", "risk") and not policy.answer_features
+    assert policy.user_reader == "cross" and policy.head_labels == ("crisis", "medical")
     assert policy.encoder == "embedded:all-minilm-l6-v2"
     assert policy.user_features == "newest+window" and policy.context_turns == 3
+    assert policy.context_rule == "rise" and 1 < policy.cross_temperature < 3
     b = policy.ngram_buckets
-    assert head.n_features(Role.USER) == 768 + 3 * b
+    assert head.n_features(Role.USER) == 768 + 3 * b  # the second opinion's weights
     assert head.n_features(Role.ASSISTANT) == 384 + 2 * b
     assert policy.training["train_hash"]
+    cross = cross_dir(policy)
+    assert cross is not None and policy.training["cross_adapter_digest"] == adapter_digest(cross)
     adapter = encoder_adapter_dir(policy)
     assert adapter is not None and policy.encoder_adapter == "encoder_adapter"
     assert (adapter / "adapter_config.json").is_file()
     assert policy.training["encoder_adapter_digest"] == adapter_digest(adapter)
-    for role in ("user", "assistant"):
-        assert all(0 < policy.thresholds[role][lab] < 1 for lab in policy.labels)
+    user, second = policy.thresholds["user"], policy.second_opinion
+    assert all(0 < user[lab] < 1 for lab in policy.labels)
+    assert user["crisis"] < second["sure"] <= 1 and 0 < second["head"] < 1
+    assert all(0 < policy.thresholds["assistant"][lab] < 1 for lab in policy.head_labels)
 
 
 def test_from_defaults_refuses_an_encoder_the_head_was_not_trained_on():

@@ -159,9 +159,10 @@ def test_held_out_everyday_messages_are_answered(clf):
 def test_score_batch_matches_classify(clf):
     items = [ClassifyItem("I took all my pills"), ClassifyItem("fine", Role.ASSISTANT)]
     scores = clf.score_batch(items)
-    for row, v in zip(scores, clf.classify_batch(items), strict=True):
-        expected = {lab: round(float(s), 4) for lab, s in zip(clf.head.labels, row, strict=True)}
-        assert {lab: v.scores[lab] for lab in clf.head.labels} == expected
+    for item, row, v in zip(items, scores, clf.classify_batch(items), strict=True):
+        labels = clf.policy.role_labels(item.role)  # a reply is scored by the head alone
+        expected = {lab: round(float(row[clf.labels.index(lab)]), 4) for lab in labels}
+        assert {lab: v.scores[lab] for lab in labels} == expected
 
 
 def test_cli_classify_jsonl_contract(tmp_path):
@@ -193,9 +194,10 @@ def test_cli_classify_jsonl_contract(tmp_path):
     out = [json.loads(line) for line in dst.read_text().splitlines()]
     assert [o["category"] for o in out] == ["crisis", "medical", "none"]
     assert [o["action"] for o in out] == ["redirect", "redirect", "none"]
-    labels = set(SafetyClassifier.from_defaults().head.labels)
+    policy = SafetyClassifier.from_defaults().policy
     for given, got in zip(rows, out, strict=True):
         assert {k: got[k] for k in given} == given  # the input is echoed unchanged
+        labels = set(policy.role_labels(Role(given.get("role", "user"))))
         assert labels == set(got["thresholds"]) and labels <= set(got["scores"])
 
 

@@ -78,6 +78,12 @@ class Policy:
         cross_dir: Folder, relative to the artifact, of the cross-encoder (a LoRA adapter on
             the base encoder and ``head.npz``); set exactly when ``user_reader`` is ``"cross"``.
         cross_temperature: The cross-encoder's logits are divided by it (fitted on validation).
+        second_opinion: Empty, or (cross-encoder policies whose head keeps its user weights)
+            the cascade of round 27: a user message whose cross-encoder crisis score reaches
+            the user ``crisis`` threshold but not ``second_opinion["sure"]`` is redirected as
+            crisis only when the head, reading it with its context rule, also scores crisis at
+            ``second_opinion["head"]`` or above; otherwise the rest of the decision (medical,
+            check-in) is the cross-encoder's.
         training: Free-form provenance (data hash, seed, sizes, hyperparameters).
     """
 
@@ -99,6 +105,7 @@ class Policy:
     user_reader: str = "embedding"
     cross_dir: str = ""
     cross_temperature: float = 1.0
+    second_opinion: Mapping[str, float] = field(default_factory=dict)
     training: Mapping[str, Any] = field(default_factory=dict)
 
     @property
@@ -143,6 +150,12 @@ class Policy:
             raise ValueError(f"labels={self.labels}: a cross-encoder policy scores all three")
         if self.cross_temperature <= 0:
             raise ValueError(f"cross_temperature={self.cross_temperature}: need > 0")
+        if self.second_opinion:
+            rule = dict(self.second_opinion)
+            if self.user_reader != "cross" or set(rule) != {"sure", "head"}:
+                raise ValueError("second_opinion: a cross-encoder policy's {'sure', 'head'}")
+            if not all(0.0 <= float(v) <= 1.0 for v in rule.values()):
+                raise ValueError(f"second_opinion outside [0, 1]: {rule}")
         for role in Role:
             got = self.thresholds.get(role.value, {})
             missing = set(self.role_labels(role)) - set(got)

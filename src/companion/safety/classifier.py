@@ -113,6 +113,8 @@ class SafetyClassifier:
             raise ValueError(f"head labels {head.labels} differ from policy {policy.head_labels}")
         if (cross is not None) != (policy.user_reader == "cross"):
             raise ValueError(f"user_reader={policy.user_reader!r}: pass cross exactly for 'cross'")
+        if policy.second_opinion and Role.USER not in getattr(head, "roles", (Role.USER,)):
+            raise ValueError("second_opinion needs a head with user weights")
         self.encoder = encoder
         self.head = head
         self.policy = policy
@@ -207,7 +209,32 @@ class SafetyClassifier:
     def classify_batch(self, items: Sequence[ClassifyItem]) -> list[Verdict]:
         """Check many messages in one encoder pass."""
         scores = self.score_batch(items)
-        return [self._verdict(row, item) for row, item in zip(scores, items, strict=True)]
+        second = self._second_opinions(scores, items)
+        return [
+            self._verdict(row, item, second.get(i))
+            for i, (row, item) in enumerate(zip(scores, items, strict=True))
+        ]
+
+    def _second_opinions(
+        self, scores: FloatArray, items: Sequence[ClassifyItem]
+    ) -> dict[int, float]:
+        """The head's crisis score, by item index, for the user messages whose cross-encoder
+        crisis score lies between the user crisis threshold and ``second_opinion["sure"]``
+        (the only ones the cascade asks; see :class:`~companion.safety.artifact.Policy`)."""
+        rule = self.policy.second_opinion
+        if not rule:
+            return {}
+        column = scores[:, self.labels.index("crisis")]
+        low = self.policy.thresholds["user"]["crisis"]
+        asked = [
+            i
+            for i, item in enumerate(items)
+            if Role(item.role) is Role.USER and low <= column[i] < rule["sure"]
+        ]
+        if not asked:
+            return {}
+        head = self._head_scores([items[i] for i in asked])[:, self.head.labels.index("crisis")]
+        return {i: float(h) for i, h in zip(asked, head, strict=True)}
 
     def score_batch(self, items: Sequence[ClassifyItem]) -> FloatArray:
         """Raw scores of shape ``(len(items), len(self.labels))``.
@@ -326,7 +353,7 @@ class SafetyClassifier:
     def _answer_blocks(self, role: Role) -> bool:
         return role is Role.USER and self.policy.answer_features
 
-    def _verdict(self, row: FloatArray, item: ClassifyItem) -> Verdict:
+    def _verdict(self, row: FloatArray, item: ClassifyItem, second: float | None = None) -> Verdict:
         role = Role(item.role)
         thresholds = dict(self.policy.thresholds[role.value])
         labels = self.policy.role_labels(role) if self.cross else self.labels
@@ -344,8 +371,12 @@ class SafetyClassifier:
         # crisis redirects; a medical request redirects to health resources; else possible risk
         # checks in. Medical outranks the check-in: the risk threshold is low (recall first),
         # and a dose question must get the pharmacist, not "are you thinking of suicide?".
+        crisis = reached("crisis")
+        if crisis and second is not None:  # the cascade asked the head; it must agree
+            by_label["crisis_second"] = round(second, 4)
+            crisis = second >= self.policy.second_opinion["head"]
         category, decision = Category.NONE, Decision.NONE
-        if reached("crisis"):
+        if crisis:
             category, decision = Category.CRISIS, Decision.REDIRECT
         elif reached("medical"):
             category, decision = Category.MEDICAL, Decision.REDIRECT

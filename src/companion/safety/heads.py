@@ -65,6 +65,11 @@ class LinearHead:
                 raise ValueError(f"bias for role {Role(role).value!r} has shape {b_arr.shape}")
             self._weights[Role(role)] = (w_arr, b_arr)
 
+    @property
+    def roles(self) -> tuple[Role, ...]:
+        """The roles this head has weights for."""
+        return tuple(self._weights)
+
     def restricted(self, roles: Sequence[Role]) -> LinearHead:
         """The same head with the weights of ``roles`` only."""
         return LinearHead({r: self._weights[Role(r)] for r in roles}, self.labels)
