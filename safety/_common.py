@@ -196,16 +196,14 @@ def cross_reader_for(policy: Any, artifact: str | Path | None) -> Any:
     return load_cross_reader(base, folder, policy.cross_temperature)
 
 
-def classifier_scores(
+def _classifier_items(
     rows: Sequence[dict[str, Any]],
     role: str,
     cache: EmbeddingCache,
     head: Any,
     policy: Any,
-    cross: Any = None,
-) -> np.ndarray:
-    """Scores from the runtime :class:`SafetyClassifier` (context rule included), on cached
-    embeddings; user rows through the policy's cross-encoder ``cross`` when it has one."""
+    cross: Any,
+) -> tuple[Any, list[Any]]:
     from companion.safety import ClassifyItem, SafetyClassifier
     from companion.types import Role
 
@@ -216,7 +214,58 @@ def classifier_scores(
         )
         for r in rows
     ]
+    return clf, items
+
+
+def classifier_scores(
+    rows: Sequence[dict[str, Any]],
+    role: str,
+    cache: EmbeddingCache,
+    head: Any,
+    policy: Any,
+    cross: Any = None,
+) -> np.ndarray:
+    """Scores from the runtime :class:`SafetyClassifier` (context rule included), on cached
+    embeddings; user rows through the policy's cross-encoder ``cross`` when it has one."""
+    clf, items = _classifier_items(rows, role, cache, head, policy, cross)
     return np.asarray(clf.score_batch(items))
+
+
+def classifier_decisions(
+    rows: Sequence[dict[str, Any]],
+    role: str,
+    cache: EmbeddingCache,
+    head: Any,
+    policy: Any,
+    cross: Any = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`classifier_scores` and, from the same scores, :func:`verdict_hits` over
+    ``policy.labels`` (the runtime's verdicts, as ``classify_batch`` makes them)."""
+    clf, items = _classifier_items(rows, role, cache, head, policy, cross)
+    scores = clf.score_batch(items)
+    second = clf._second_opinions(scores, items)
+    verdicts = [
+        clf._verdict(row, item, second.get(i))
+        for i, (row, item) in enumerate(zip(scores, items, strict=True))
+    ]
+    return np.asarray(scores), verdict_hits(verdicts, policy.labels)
+
+
+def verdict_hits(verdicts: Sequence[Any], labels: Sequence[str]) -> np.ndarray:
+    """Per verdict, 1 where it acted on the label: ``crisis`` a crisis redirect, ``medical`` a
+    medical redirect, ``risk`` caught (a check-in or a crisis redirect). Policies with a second
+    opinion decide more than their raw scores against thresholds, so measure decisions."""
+    from companion.types import Category, Decision
+
+    def hit(v: Any, label: str) -> bool:
+        if label == "medical":
+            return v.category is Category.MEDICAL
+        crisis = v.category is Category.CRISIS
+        return crisis and (label == "risk" or v.decision is Decision.REDIRECT)
+
+    return np.array([[float(hit(v, lab)) for lab in labels] for v in verdicts]).reshape(
+        len(verdicts), len(labels)
+    )
 
 
 def banner(title: str) -> None:

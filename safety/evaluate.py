@@ -33,7 +33,7 @@ from _common import (
     EmbeddingCache,
     banner,
     cache_path,
-    classifier_scores,
+    classifier_decisions,
     cross_reader_for,
     load_encoder_for,
     parse_args,
@@ -118,9 +118,12 @@ def bootstrap(fn: Any, n: int, n_boot: int, rng: np.random.Generator) -> tuple[f
     return (float(lo), float(hi))
 
 
-def metrics(y: np.ndarray, s: np.ndarray, t: float, n_boot: int, seed: int) -> dict[str, Any]:
-    """Recall, precision, FPR and AUPRC (with bootstrap 95% intervals) of ``s >= t``."""
-    fired = s >= t
+def metrics(
+    y: np.ndarray, s: np.ndarray, t: float, n_boot: int, seed: int, fired: Any = None
+) -> dict[str, Any]:
+    """Recall, precision, FPR and AUPRC (with bootstrap 95% intervals) of ``s >= t``, or of
+    ``fired`` (the verdicts' decisions) when given; AUPRC is always of the scores ``s``."""
+    fired = s >= t if fired is None else np.asarray(fired) > 0
 
     def recall(i: np.ndarray) -> float | None:
         pos = y[i] == 1
@@ -187,18 +190,18 @@ def main(args: Args) -> None:
     for role in Role:
         part = [i for i, r in enumerate(rows) if r["role"] == role.value]
         if part:
-            scores = classifier_scores(
+            scores, hits = classifier_decisions(
                 [rows[i] for i in part], role.value, cache, head, policy, cross
             )
-            for i, s in zip(part, scores, strict=True):
-                rows[i]["scores"] = s
+            for i, s, h in zip(part, scores, hits, strict=True):
+                rows[i]["scores"], rows[i]["hits"] = s, h
         by_role[role.value] = np.array(part)
     with_ctx = [r for r in rows if r["role"] == "user" and r.get("context")]
-    alone = classifier_scores(
+    _, alone = classifier_decisions(
         [{**r, "context": []} for r in with_ctx], "user", cache, head, policy, cross
     )
-    for r, s in zip(with_ctx, alone, strict=True):
-        r["alone"] = s
+    for r, h in zip(with_ctx, alone, strict=True):
+        r["alone_hits"] = h
     cache.save()
 
     results: dict[str, Any] = {
@@ -215,19 +218,19 @@ def main(args: Args) -> None:
     table = []
     for (role, source), part in sorted(groups.items()):
         thr = policy.thresholds[role]
-        s = np.stack([r["scores"] for r in part])
-        for j, label in enumerate(policy.labels):
+        s, hits = np.stack([r["scores"] for r in part]), np.stack([r["hits"] for r in part])
+        columns = [policy.labels.index(lab) for lab in policy.role_labels(Role(role))]
+        for j in columns:
+            label = policy.labels[j]
             y = np.array([r["label"] in LABEL_HITS[label] for r in part], dtype=int)
             if label == "medical" and source.startswith(
                 ("cssrs", "perturbed", "sst", "xstest_contrast")
             ):
                 continue
-            m = metrics(y, s[:, j], thr[label], args.n_boot, args.seed)
+            m = metrics(y, s[:, j], thr[label], args.n_boot, args.seed, hits[:, j])
             results["sources"][f"{role}/{source}/{label}"] = m
             table.append((role, source, label, m))
-        anyfire = np.array(
-            [any(r["scores"][j] >= thr[lab] for j, lab in enumerate(policy.labels)) for r in part]
-        )
+        anyfire = hits[:, columns].max(axis=1)
         if all(r["label"] == "none" for r in part):
             m = metrics(
                 np.zeros(len(part), int), anyfire.astype(float), 0.5, args.n_boot, args.seed
@@ -262,6 +265,7 @@ def user_level(posts: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for r in posts:
         u = users.setdefault(r["group"], {**r, "scores": r["scores"].copy()})
         u["scores"] = np.maximum(u["scores"], r["scores"])
+        u["hits"] = np.maximum(u["hits"], r["hits"])
     return [u for u in users.values() if u["label"] != "indicator"]
 
 
@@ -283,19 +287,15 @@ def pooled(
         and (subtypes is None or r.get("subtype") in subtypes)
     ]
     if label == "any":
-        thr = policy.thresholds[role]
-        s = np.array(
-            [
-                float(any(r["scores"][k] >= thr[lab] for k, lab in enumerate(policy.labels)))
-                for r in part
-            ]
-        )
+        columns = [policy.labels.index(lab) for lab in policy.role_labels(Role(role))]
+        s = np.array([r["hits"][columns].max() for r in part])
         y = np.array([int(r["label"] != "none") for r in part])
         return metrics(y, s, 0.5, args.n_boot, args.seed)
     j = policy.labels.index(label)
     s = np.array([r["scores"][j] for r in part])
     y = np.array([int(r["label"] in LABEL_HITS[label]) for r in part])
-    return metrics(y, s, policy.thresholds[role][label], args.n_boot, args.seed)
+    hits = np.array([r["hits"][j] for r in part])
+    return metrics(y, s, policy.thresholds[role][label], args.n_boot, args.seed, hits)
 
 
 def targets(
@@ -434,8 +434,8 @@ def retrigger(rows: list[dict[str, Any]], policy: Any, args: Args) -> dict[str, 
         and r.get("context")
         and r.get("subtype") in ("old_crisis", "recovered", "recovered_middle")
     ]
-    t = policy.thresholds["user"]["crisis"]
-    fired = np.array([float(r["scores"][0] >= t and r["alone"][0] < t) for r in part])
+    j = policy.labels.index("crisis")
+    fired = np.array([float(r["hits"][j] > r["alone_hits"][j]) for r in part])
     return metrics(np.zeros(len(part), int), fired, 0.5, args.n_boot, args.seed)
 
 
@@ -447,7 +447,8 @@ def plot_curves(rows: list[dict[str, Any]], policy: Any, out_dir: Path) -> None:
     from sklearn.metrics import precision_recall_curve
 
     for role in ("user", "assistant"):
-        for j, label in enumerate(policy.labels):
+        for label in policy.role_labels(Role(role)):
+            j = policy.labels.index(label)
             fig, ax = plt.subplots(figsize=(6, 5))
             by_src: dict[str, list[dict[str, Any]]] = defaultdict(list)
             for r in rows:

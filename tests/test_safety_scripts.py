@@ -109,3 +109,8 @@ def test_train_cross_and_calibrate_cross_on_a_tiny_subset(tmp_path):
 
     clf = SafetyClassifier.from_defaults(artifact=artifact)
     assert clf.classify("hello").decision.value in ("none", "check_in", "redirect")
+    out = _run("evaluate.py", "--run_dir", run, "--artifact", str(artifact), "--data_dir",
+               str(DATA), "--n_boot", "20", "--max_external", "40", "--plots", "false")  # fmt: skip
+    metrics = json.loads((tmp_path / "run" / "eval" / "metrics.json").read_text())
+    assert any(k.endswith("/risk") for k in metrics["sources"])  # users: three levels
+    assert not any(k.startswith("assistant/") and k.endswith("/risk") for k in metrics["sources"])
