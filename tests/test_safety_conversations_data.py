@@ -1,9 +1,11 @@
-"""The labelled conversation files (training `safety/data/dialogues/`, evaluation-only
-`safety/data/holdout/`) are well formed, and the held-out set never reaches training."""
+"""The labelled conversation files (training `safety/data/dialogues/`, written for the next
+round `safety/data/next/`, evaluation-only `safety/data/holdout/`) are well formed, and the
+held-out set never reaches training."""
 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -11,7 +13,8 @@ import pytest
 from .conftest import safety_script
 
 DATA = Path(__file__).resolve().parents[1] / "safety" / "data"
-FILES = [*sorted((DATA / "dialogues").glob("*.jsonl")), DATA / "holdout" / "conversations.jsonl"]
+TRAINING = [*sorted((DATA / "dialogues").glob("*.jsonl")), *sorted((DATA / "next").glob("*.jsonl"))]
+FILES = [*TRAINING, DATA / "holdout" / "conversations.jsonl"]
 LABELS = {"none", "check_in", "crisis", "medical"}
 
 
@@ -30,7 +33,7 @@ def test_conversation_file_is_well_formed(path):
             assert set(labels) == {"none"}, conv["id"]
         else:
             assert conv["kind"] == "risk" and set(labels) != {"none"}, conv["id"]
-    assert len(ids) >= 50
+    assert len(ids) >= 10
 
 
 def test_ids_are_unique_across_training_files_and_the_holdout_is_apart():
@@ -45,3 +48,30 @@ def test_ids_are_unique_across_training_files_and_the_holdout_is_apart():
     rows = prepare.dialogues(DATA, 13, prepare.row, prepare.split_items)
     trained = {r["conversation"] for part in rows.values() for r in part}
     assert trained and not trained & holdout  # prepare.py never reads the held-out set
+
+
+# b5-038 was written (37e6c8c) before the blind set existed (e4512a7); "on call for the third
+# weekend in a row" is an ordinary phrase that both writers reached on their own.
+COINCIDENCES = {("b5-038", 0)}
+
+
+def _words(text: str) -> str:
+    return " ".join(re.sub(r"[^a-z0-9 ]+", "", text.lower()).split())
+
+
+def test_no_training_turn_copies_a_held_out_sentence():
+    """Writers of training data never see the blind set; a sentence of nine words or more
+    that matches one of its turns (case and punctuation aside) is a paste, not a coincidence."""
+    held_out = {
+        _words(t["text"])
+        for line in FILES[-1].read_text("utf-8").splitlines()
+        for t in json.loads(line)["turns"]
+    }
+    copies = [
+        (json.loads(line)["id"], i)
+        for path in TRAINING
+        for line in path.read_text("utf-8").splitlines()
+        for i, t in enumerate(json.loads(line)["turns"])
+        if len(_words(t["text"]).split()) >= 9 and _words(t["text"]) in held_out
+    ]
+    assert set(copies) <= COINCIDENCES, copies
