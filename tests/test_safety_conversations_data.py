@@ -33,7 +33,7 @@ def test_conversation_file_is_well_formed(path):
             assert set(labels) == {"none"}, conv["id"]
         else:
             assert conv["kind"] == "risk" and set(labels) != {"none"}, conv["id"]
-    assert len(ids) >= 10
+    assert len(ids) >= (10 if path.parent.name == "next" else 50)  # next/m1 has 10
 
 
 def test_ids_are_unique_across_training_files_and_the_holdout_is_apart():
@@ -61,7 +61,8 @@ def _words(text: str) -> str:
 
 def test_no_training_turn_copies_a_held_out_sentence():
     """Writers of training data never see the blind set; a sentence of nine words or more
-    that matches one of its turns (case and punctuation aside) is a paste, not a coincidence."""
+    that matches one of its turns (case and punctuation aside) is taken for a paste, unless
+    it is a known coincidence."""
     held_out = {
         _words(t["text"])
         for line in FILES[-1].read_text("utf-8").splitlines()
