@@ -1,6 +1,6 @@
-"""The labelled conversation files (training `safety/data/dialogues/`, written for the next
-round `safety/data/next/`, evaluation-only `safety/data/holdout/`) are well formed, and the
-held-out set never reaches training."""
+"""The labelled conversation files (training `safety/data/dialogues/`, evaluation-only
+`safety/data/holdout/`) are well formed, hold what issue 14 asked for, and the held-out set
+never reaches training."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import pytest
 from .conftest import safety_script
 
 DATA = Path(__file__).resolve().parents[1] / "safety" / "data"
-TRAINING = [*sorted((DATA / "dialogues").glob("*.jsonl")), *sorted((DATA / "next").glob("*.jsonl"))]
+TRAINING = sorted((DATA / "dialogues").glob("*.jsonl"))
 FILES = [*TRAINING, DATA / "holdout" / "conversations.jsonl"]
 LABELS = {"none", "check_in", "crisis", "medical"}
 
@@ -33,7 +33,13 @@ def test_conversation_file_is_well_formed(path):
             assert set(labels) == {"none"}, conv["id"]
         else:
             assert conv["kind"] == "risk" and set(labels) != {"none"}, conv["id"]
-    assert len(ids) >= (10 if path.parent.name == "next" else 50)  # next/m1 has 10
+    assert len(ids) >= 10  # dialogues/m1 has 10
+
+
+def test_training_conversations_cover_what_issue_14_asked_for():
+    """At least 400 benign support-seeking conversations and 150 where risk appears."""
+    kinds = [json.loads(line)["kind"] for p in TRAINING for line in p.read_text("utf-8").splitlines()]
+    assert kinds.count("benign") >= 400 and kinds.count("risk") >= 150, len(kinds)
 
 
 def test_ids_are_unique_across_training_files_and_the_holdout_is_apart():
