@@ -21,7 +21,10 @@ per-message catch rate is then not computed.
 
 Usage:
     python safety/evaluate_conversations.py --run_dir runs/triage1 [--split val]
-        [--artifact shipped|run] [--conversations FILE]
+        [--artifact shipped|run] [--conversations FILE] [--only b7-,b8-] [--skip r1-017]
+
+``--only`` / ``--skip`` keep or drop conversations by id prefix (e.g. a round's new files
+reported apart from the old ones); the per-message catch rate is still over the whole split.
 """
 
 from __future__ import annotations
@@ -59,6 +62,12 @@ class Args:
     )
     artifact: str = field(
         default="run", metadata={"help": "'run' ({run_dir}/artifact), 'shipped' or a folder"}
+    )
+    only: str = field(
+        default="", metadata={"help": "comma-separated conversation id prefixes to keep"}
+    )
+    skip: str = field(
+        default="", metadata={"help": "comma-separated conversation id prefixes to leave out"}
     )
     context_turns: int = field(default=3, metadata={"help": "user turns the pipeline passes"})
     quiet_turns: int = field(default=3, metadata={"help": "PipelineConfig.check_in_quiet_turns"})
@@ -132,6 +141,19 @@ def dialogue_rows(path: Path) -> list[dict[str, Any]]:
         }
         for c in read_jsonl(path)
         for i, t in enumerate(c["turns"])
+    ]
+
+
+def select(rows: list[dict[str, Any]], only: str, skip: str) -> list[dict[str, Any]]:
+    """The rows whose conversation id starts with one of ``only``'s comma-separated prefixes
+    (all when empty) and with none of ``skip``'s."""
+    keep = tuple(p for p in only.split(",") if p)
+    drop = tuple(p for p in skip.split(",") if p)
+    return [
+        r
+        for r in rows
+        if (not keep or r["conversation"].startswith(keep))
+        and not (drop and r["conversation"].startswith(drop))
     ]
 
 
@@ -222,6 +244,7 @@ def main(args: Args) -> None:
             for r in read_jsonl(run / "splits" / f"{args.split}.jsonl")
             if r["source"] == "dialogues"
         ]
+    rows = select(rows, args.only, args.skip)
     # every text the replay can encode (newest, window, the turns before it) in one batch
     texts = set()
     for r in rows:
@@ -256,7 +279,9 @@ def main(args: Args) -> None:
         f"  risk conversations: turns late when caught {out['risk_lateness']['turns_late']}, "
         f"never caught {out['risk_lateness']['never_caught']}"
     )
-    target = run / "eval" / f"conversations_{args.split}_{policy.policy_version}.json"
+    subset = "_subset" if args.only or args.skip else ""
+    out["only"], out["skip"] = args.only, args.skip
+    target = run / "eval" / f"conversations_{args.split}{subset}_{policy.policy_version}.json"
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_text(json.dumps(out, indent=2) + "\n", "utf-8")
     print(f"wrote {target}")
