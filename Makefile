@@ -74,9 +74,11 @@ safety-model: setup
 	$(PY) safety/train.py
 	$(PY) safety/calibrate.py --install
 
-# Policy 6.4 (card, "Round 28"): the cross-encoder X8 over the conversation, calibrated with
-# the installed artifact's head (policy 3.4's, or the one `make safety-model` built) as the
-# second opinion, then installed. About 45 minutes on a 2-core CPU, most of it training.
+# Policy 6.4's recipe (card, "Round 28"): the cross-encoder over the conversation, calibrated
+# with the installed artifact's head (policy 3.4's, or the one `make safety-model` built) as
+# the second opinion, then installed. About 45 minutes on a 2-core CPU, most of it training.
+# Today's files include round 29's conversations, so this builds round 29's X9 (which did not
+# ship, card "Round 29 result"); 6.4 itself came from the files before commit 3df1be1.
 safety-cascade: setup
 	$(PY) safety/prepare.py --out_dir runs/x8 --style_dir training/data/style
 	$(PY) safety/train_cross.py --run_dir runs/x8 --epochs 3 --threads 2

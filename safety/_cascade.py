@@ -5,7 +5,8 @@ threshold) but not ``t_sure`` is redirected as crisis only if the head (policy 3
 weights, its context rule and its own user crisis threshold) agrees; at ``t_sure`` or above
 the cross-encoder redirects alone (``Policy.second_opinion``). The rule, written in the
 classifier card ("Round 27 rule"; round 28 fixed ``t_ask`` at 0.03, since round 27's choice,
-X8's own threshold, could only remove redirects): for every pair of the grid the
+X8's own threshold, could only remove redirects; round 30 searches ``--ask``, a grid kept
+below the cross-encoder's own threshold): for every pair of the grid the
 pair must redirect at once ``--crisis_redirect`` of the distinct clean explicit-kind crisis
 messages; the risk threshold is then searched as for the cross-encoder alone; of the pairs that
 meet every floor the one with the fewest benign validation turns interrupted is chosen (ties:
@@ -23,7 +24,6 @@ from calibrate import per_message_min, recall_threshold
 from companion.safety import ClassifyItem, Policy
 from companion.types import Category, Decision, Role
 
-ASK = (0.03,)
 SURE = (0.15, 0.3, 0.5, 0.9, 1.0)
 """The grid of the rule; ``t_sure`` 1.0 means the cross-encoder never redirects alone."""
 STOP_ABOVE = 0.257
@@ -78,7 +78,7 @@ def search(
         for r in rows
     ]
     table, best = [], None
-    for ask in ASK:
+    for ask in sorted(float(a) for a in args.ask.split(",")):
         for sure in SURE:
             clf.policy = with_pair(policy, ask, sure, head_threshold, 1.0)
             verdicts = clf.classify_batch(items)

@@ -76,6 +76,9 @@ class Args:
     second_opinion: bool = field(
         default=False, metadata={"help": "rounds 27-28: the head confirms redirects (_cascade.py)"}
     )
+    ask: str = field(
+        default="0.03", metadata={"help": "the cascade's t_ask grid, comma-separated (round 30)"}
+    )
 
 
 def softmax(z: np.ndarray) -> np.ndarray:
@@ -273,7 +276,7 @@ def main(args: Args) -> None:
     if args.second_opinion:
         import _cascade
 
-        banner("rounds 27-28 cascade: the grid of (t_ask, t_sure)")
+        banner("rounds 27-30 cascade: the grid of (t_ask, t_sure)")
         keep = clean & np.isin(labels, ["crisis", "check_in"])
         rows = [r for r, k in zip(val, keep, strict=True) if k]
         policy, figures, table = _cascade.search(

@@ -24,7 +24,7 @@ Usage:
         [--artifact shipped|run] [--conversations FILE] [--only b7-,b8-] [--skip r1-017]
 
 ``--only`` / ``--skip`` keep or drop conversations by id prefix (e.g. a round's new files
-reported apart from the old ones); the per-message catch rate is still over the whole split.
+reported apart from the old ones); the per-message catch rate is then not computed.
 """
 
 from __future__ import annotations
@@ -255,7 +255,8 @@ def main(args: Args) -> None:
             texts |= {window, window[: -len(newest) - 1]}
     cache.encode(sorted(texts))
     stats, late = replay(clf, rows, args)
-    messages = {} if args.conversations else catch_rate(clf, run, args)
+    subset = args.only or args.skip
+    messages = {} if args.conversations or subset else catch_rate(clf, run, args)
     cache.save()
 
     banner(
@@ -279,9 +280,9 @@ def main(args: Args) -> None:
         f"  risk conversations: turns late when caught {out['risk_lateness']['turns_late']}, "
         f"never caught {out['risk_lateness']['never_caught']}"
     )
-    subset = "_subset" if args.only or args.skip else ""
     out["only"], out["skip"] = args.only, args.skip
-    target = run / "eval" / f"conversations_{args.split}{subset}_{policy.policy_version}.json"
+    name = f"{args.split}_subset" if subset else args.split
+    target = run / "eval" / f"conversations_{name}_{policy.policy_version}.json"
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_text(json.dumps(out, indent=2) + "\n", "utf-8")
     print(f"wrote {target}")
