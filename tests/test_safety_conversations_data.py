@@ -38,7 +38,9 @@ def test_conversation_file_is_well_formed(path):
 
 def test_training_conversations_cover_what_issue_14_asked_for():
     """At least 400 benign support-seeking conversations and 150 where risk appears."""
-    kinds = [json.loads(line)["kind"] for p in TRAINING for line in p.read_text("utf-8").splitlines()]
+    kinds = [
+        json.loads(line)["kind"] for p in TRAINING for line in p.read_text("utf-8").splitlines()
+    ]
     assert kinds.count("benign") >= 400 and kinds.count("risk") >= 150, len(kinds)
 
 
