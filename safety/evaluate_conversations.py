@@ -23,6 +23,11 @@ Usage:
     python safety/evaluate_conversations.py --run_dir runs/triage1 [--split val]
         [--artifact shipped|run] [--conversations FILE] [--only b7-,b8-] [--skip r1-017]
 
+``--after_crisis "I want to kill myself tonight"`` plays every benign conversation a second
+time after that message (whatever the guard did with it) and reports how many of its turns are
+interrupted then: a guard that carries a crisis in the context onto what follows shows here,
+which the plain replay cannot show (benign conversations have no crisis turn).
+
 ``--only`` / ``--skip`` keep or drop conversations by id prefix (e.g. a round's new files
 reported apart from the old ones); the per-message catch rate is then not computed.
 """
@@ -68,6 +73,10 @@ class Args:
     )
     skip: str = field(
         default="", metadata={"help": "comma-separated conversation id prefixes to leave out"}
+    )
+    after_crisis: str = field(
+        default="",
+        metadata={"help": "also replay each benign conversation after this crisis message"},
     )
     context_turns: int = field(default=3, metadata={"help": "user turns the pipeline passes"})
     quiet_turns: int = field(default=3, metadata={"help": "PipelineConfig.check_in_quiet_turns"})
@@ -180,6 +189,15 @@ def replay(
             stats["benign_never_interrupted"].append(
                 (float(all(d is Decision.NONE for d in decisions)), cid)
             )
+            if getattr(args, "after_crisis", ""):  # the re-trigger check, spliced in front
+                after = play(clf, [{"text": args.after_crisis}, *turns], args)[1:]
+                for d in after:
+                    stats["benign_after_crisis_interrupted"].append(
+                        (float(d is not Decision.NONE), cid)
+                    )
+                stats["benign_after_crisis_never_interrupted"].append(
+                    (float(all(d is Decision.NONE for d in after)), cid)
+                )
             continue
         first = next((i for i, lab in enumerate(labels) if lab != "none"), None)
         if first is None:  # a risk conversation cut before its risk turn (a subset's rows)

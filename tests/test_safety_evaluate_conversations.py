@@ -11,10 +11,11 @@ ev = safety_script("evaluate_conversations")
 
 
 class WordClassifier:
-    """Redirects a message containing "pills", checks in on one containing "gone"."""
+    """Redirects a message containing "pills", or any message while "pills" is in its context;
+    checks in on one containing "gone"."""
 
     def classify(self, text, role, context, check_in):
-        if "pills" in text:
+        if "pills" in text or any("pills" in c for c in context):
             category, decision = Category.CRISIS, Decision.REDIRECT
         elif "gone" in text:
             category, decision = Category.CRISIS, Decision.CHECK_IN
@@ -60,3 +61,16 @@ def test_select_keeps_and_drops_by_id_prefix():
     assert ids(ev.select(data, "b7-,b8-", "")) == ["b7-001", "b8-002"]
     assert ids(ev.select(data, "", "r1-017,b7-")) == ["b8-002", "r1-018"]
     assert ids(ev.select(data, "r1-", "r1-017")) == ["r1-018"]
+
+
+def test_after_crisis_replays_benign_conversations_behind_a_crisis_message():
+    data = [
+        *rows("b1-001", "benign", [("long day", "none"), ("tea now", "none")]),
+        *rows("b1-002", "benign", [("hi", "none")]),
+    ]
+    plain, _ = ev.replay(WordClassifier(), data, ev.Args())
+    assert "benign_after_crisis_interrupted" not in plain
+    stats, _ = ev.replay(WordClassifier(), data, ev.Args(after_crisis="my pills are here"))
+    assert [v for v, _ in stats["benign_interrupted"]] == [0, 0, 0]  # unchanged
+    assert [v for v, _ in stats["benign_after_crisis_interrupted"]] == [1, 1, 1]
+    assert [v for v, _ in stats["benign_after_crisis_never_interrupted"]] == [0, 0]
