@@ -25,7 +25,8 @@ Usage:
 
 ``--after_crisis "I want to kill myself tonight"`` plays every benign conversation a second
 time after that message (whatever the guard did with it) and reports how many of its turns are
-interrupted then: a guard that carries a crisis in the context onto what follows shows here,
+interrupted then (all of them, and the first ``--context_turns``, which still read it in the
+context): a guard that carries a crisis in the context onto what follows shows here,
 which the plain replay cannot show (benign conversations have no crisis turn).
 
 ``--only`` / ``--skip`` keep or drop conversations by id prefix (e.g. a round's new files
@@ -191,10 +192,14 @@ def replay(
             )
             if getattr(args, "after_crisis", ""):  # the re-trigger check, spliced in front
                 after = play(clf, [{"text": args.after_crisis}, *turns], args)[1:]
-                for d in after:
+                for i, d in enumerate(after):
                     stats["benign_after_crisis_interrupted"].append(
                         (float(d is not Decision.NONE), cid)
                     )
+                    if i < args.context_turns:  # the turns that still read it in the context
+                        stats["benign_after_crisis_in_context_interrupted"].append(
+                            (float(d is not Decision.NONE), cid)
+                        )
                 stats["benign_after_crisis_never_interrupted"].append(
                     (float(all(d is Decision.NONE for d in after)), cid)
                 )

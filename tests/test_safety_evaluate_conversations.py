@@ -74,3 +74,7 @@ def test_after_crisis_replays_benign_conversations_behind_a_crisis_message():
     assert [v for v, _ in stats["benign_interrupted"]] == [0, 0, 0]  # unchanged
     assert [v for v, _ in stats["benign_after_crisis_interrupted"]] == [1, 1, 1]
     assert [v for v, _ in stats["benign_after_crisis_never_interrupted"]] == [0, 0]
+    short, _ = ev.replay(
+        WordClassifier(), data, ev.Args(after_crisis="my pills are here", context_turns=1)
+    )
+    assert [v for v, _ in short["benign_after_crisis_in_context_interrupted"]] == [1, 1]
