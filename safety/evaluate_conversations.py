@@ -190,19 +190,14 @@ def replay(
             stats["benign_never_interrupted"].append(
                 (float(all(d is Decision.NONE for d in decisions)), cid)
             )
-            if getattr(args, "after_crisis", ""):  # the re-trigger check, spliced in front
+            if args.after_crisis:  # the re-trigger check: the same turns behind a crisis
                 after = play(clf, [{"text": args.after_crisis}, *turns], args)[1:]
-                for i, d in enumerate(after):
-                    stats["benign_after_crisis_interrupted"].append(
-                        (float(d is not Decision.NONE), cid)
-                    )
-                    if i < args.context_turns:  # the turns that still read it in the context
-                        stats["benign_after_crisis_in_context_interrupted"].append(
-                            (float(d is not Decision.NONE), cid)
-                        )
-                stats["benign_after_crisis_never_interrupted"].append(
-                    (float(all(d is Decision.NONE for d in after)), cid)
-                )
+                hit = [float(d is not Decision.NONE) for d in after]
+                stats["benign_after_crisis_interrupted"] += [(h, cid) for h in hit]
+                stats["benign_after_crisis_in_context_interrupted"] += [  # still in the context
+                    (h, cid) for h in hit[: args.context_turns]
+                ]
+                stats["benign_after_crisis_never_interrupted"].append((float(not any(hit)), cid))
             continue
         first = next((i for i, lab in enumerate(labels) if lab != "none"), None)
         if first is None:  # a risk conversation cut before its risk turn (a subset's rows)
