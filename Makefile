@@ -74,16 +74,18 @@ safety-model: setup
 	$(PY) safety/train.py
 	$(PY) safety/calibrate.py --install
 
-# Policy 6.4's recipe (card, "Round 28"): the cross-encoder over the conversation, calibrated
-# with the installed artifact's head (policy 3.4's, or the one `make safety-model` built) as
-# the second opinion, then installed. About 45 minutes on a 2-core CPU, most of it training.
-# Today's files include round 29's conversations, so this builds round 29's X9 (which did not
-# ship, card "Round 29 result"); 6.4 itself came from the files before commit 3df1be1.
+# The cascade of policy 6.4's recipe (card, "Round 28"), built from today's files into runs/x9:
+# the cross-encoder over the conversation, calibrated with the installed artifact's head
+# (policy 3.4's, or the one `make safety-model` built) as the second opinion. About 45 minutes
+# on a 2-core CPU, most of it training. Today's files include round 29's conversations, so this
+# is round 29's X9, which did not ship (card, "Round 29 result"); it is not installed. 6.4
+# itself came from the files before commit 3df1be1. Installing is a round's decision:
+# `calibrate_cross.py ... --install` once its rule holds.
 safety-cascade: setup
-	$(PY) safety/prepare.py --out_dir runs/x8 --style_dir training/data/style
-	$(PY) safety/train_cross.py --run_dir runs/x8 --epochs 3 --threads 2
-	$(PY) safety/calibrate_cross.py --run_dir runs/x8 --version 6.4 --catch_rate 0.8322 \
-		--second_opinion --install
+	$(PY) safety/prepare.py --out_dir runs/x9 --style_dir training/data/style
+	$(PY) safety/train_cross.py --run_dir runs/x9 --epochs 3 --threads 2
+	$(PY) safety/calibrate_cross.py --run_dir runs/x9 --version 6.5 --catch_rate 0.8322 \
+		--second_opinion
 
 safety-eval: setup
 	$(PY) safety/evaluate_conversations.py --artifact shipped
