@@ -24,6 +24,9 @@ from calibrate import per_message_min, recall_threshold
 from companion.safety import ClassifyItem, Policy
 from companion.types import Category, Decision, Role
 
+AFTER = "benign_after_crisis_in_context_interrupted"
+"""Round 31's bound (``--after_crisis_max``): of the turns of validation's benign conversations
+that read ``--after_crisis`` in their context, the share interrupted."""
 SURE = (0.15, 0.3, 0.5, 0.9, 1.0)
 """The grid of the rule; ``t_sure`` 1.0 means the cross-encoder never redirects alone."""
 STOP_ABOVE = 0.257
@@ -104,6 +107,7 @@ def search(
             ok = (
                 figures.get("risk_caught_at_first", 1.0) >= args.first_turn
                 and figures.get("risk_caught_within_one", 1.0) >= args.within_one
+                and figures.get(AFTER, 0.0) <= args.after_crisis_max  # round 31
             )
             line.update(risk=t_risk, ok=ok, **{k: round(v, 4) for k, v in figures.items()})
             table.append(line)

@@ -17,6 +17,10 @@ Reads ``{run_dir}/cross/`` from ``train_cross.py``. The rule was written in the 
    ``--first_turn`` of the risk conversations caught at the turn risk first appears, and
    ``--within_one`` caught at most one turn late. The search walks down from the catch-rate
    threshold in steps of 3%.
+6. round 31: with ``--after_crisis``, validation's benign conversations are played again behind
+   that crisis message, and a policy that interrupts more than ``--after_crisis_max`` of their
+   turns that still read it in their context cannot be chosen (the re-trigger failure of
+   round 30).
 
 Replies keep the reply side of the artifact ``--reply_artifact`` (default: the shipped one):
 its head's assistant weights, its encoder adapter and its assistant thresholds. Writes
@@ -36,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from _cascade import AFTER
 from _common import DEFAULT_RUN_DIR, banner, parse_args, read_jsonl
 from calibrate import _USER_RISK, CLEAN, INSTALL_DIR, per_message_min, recall_threshold
 from train_cross import user_rows, val_summary
@@ -78,6 +83,14 @@ class Args:
     )
     ask: str = field(
         default="0.03", metadata={"help": "the cascade's t_ask grid, comma-separated (round 30)"}
+    )
+    after_crisis: str = field(
+        default="",
+        metadata={"help": "round 31: also replay validation's benign conversations after this"},
+    )
+    after_crisis_max: float = field(
+        default=1.0,
+        metadata={"help": "... and interrupt at most this share of their turns in its context"},
     )
 
 
@@ -126,12 +139,13 @@ class Memo:
         return np.stack([self.seen[p] for p in pairs]) if pairs else np.zeros((0, len(CLASSES)))
 
 
-def replay_floors(clf: Any, rows: list[dict[str, Any]]) -> dict[str, float]:
-    """The replay's conversation figures at ``clf``'s thresholds."""
+def replay_floors(clf: Any, rows: list[dict[str, Any]], after_crisis: str = "") -> dict[str, float]:
+    """The replay's conversation figures at ``clf``'s thresholds (with ``after_crisis``, also
+    those of the benign conversations played again behind that crisis message)."""
     from evaluate_conversations import Args as ReplayArgs
     from evaluate_conversations import replay
 
-    stats, _ = replay(clf, rows, ReplayArgs())
+    stats, _ = replay(clf, rows, ReplayArgs(after_crisis=after_crisis))
     return {k: float(np.mean([v for v, _ in pairs])) for k, pairs in stats.items()}
 
 
@@ -150,13 +164,15 @@ def search_risk(
     while True:
         user = {**policy.thresholds["user"], "risk": round(t, 6)}
         clf.policy = replace(policy, thresholds={**policy.thresholds, "user": user})
-        figures = replay_floors(clf, rows)
+        figures = replay_floors(clf, rows, args.after_crisis)
         first = figures.get("risk_caught_at_first", 1.0)  # no risk conversation: no floor
         within = figures.get("risk_caught_within_one", 1.0)
         ok = first >= args.first_turn and within >= args.within_one
+        after = figures.get(AFTER, float("nan"))
         print(
             f"  risk {t:.5f}: first turn {first:.3f}, within one {within:.3f}, benign "
             f"interrupted {figures.get('benign_interrupted', float('nan')):.3f}"
+            + (f", after the crisis {after:.3f}" if args.after_crisis else "")
             + ("  <- chosen" if ok else ""),
             flush=True,
         )
@@ -294,6 +310,8 @@ def main(args: Args) -> None:
         training = {**policy.training, "cascade": table}
     else:
         t_risk, figures = search_risk(clf, policy, t_risk, dialogue, args)
+        if figures.get(AFTER, 0.0) > args.after_crisis_max:
+            raise SystemExit(f"after the crisis {figures[AFTER]:.3f} > {args.after_crisis_max}")
         thresholds["risk"] = t_risk
         training = dict(policy.training)
     training["replay"] = {k: round(v, 4) for k, v in figures.items()}

@@ -100,11 +100,20 @@ def test_train_cross_and_calibrate_cross_on_a_tiny_subset(tmp_path):
     out = _run("train_cross.py", "--run_dir", run, "--epochs", "1", "--max_steps", "2",
                "--batch_size", "8", "--threads", "1")  # fmt: skip
     assert "val AUPRC" in out
-    out = _run("calibrate_cross.py", "--run_dir", run, "--first_turn", "0.5")
+    crisis = "i have the pills and im taking them tonight"
+    bounded = [sys.executable, str(REPO / "safety" / "calibrate_cross.py"), "--run_dir", run,
+               "--first_turn", "0.5", "--after_crisis", crisis,
+               "--after_crisis_max", "-1"]  # fmt: skip
+    proc = subprocess.run(bounded, capture_output=True, text=True, timeout=600, cwd=REPO)
+    assert proc.returncode != 0 and "after the crisis" in proc.stderr  # round 31's bound
+    out = _run("calibrate_cross.py", "--run_dir", run, "--first_turn", "0.5",
+               "--after_crisis", crisis)  # fmt: skip
     assert "conversation floors in the validation replay" in out and "<- chosen" in out
+    assert "after the crisis" in out
     artifact = tmp_path / "run" / "artifact_cross"
     policy = json.loads((artifact / "policy.json").read_text())
     assert policy["user_reader"] == "cross" and "replay" in policy["training"]
+    assert "benign_after_crisis_in_context_interrupted" in policy["training"]["replay"]
     from companion.safety import SafetyClassifier
 
     clf = SafetyClassifier.from_defaults(artifact=artifact)
