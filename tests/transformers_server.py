@@ -67,8 +67,9 @@ class TransformersServer:
         return self.proc.pid
 
     def requests_received(self) -> int:
-        """Chat requests the server has logged (its ``[Request received]`` lines)."""
-        return self.log_path.read_text(errors="replace").count("[Request received]")
+        """Chat requests the server has answered, from uvicorn's access log (transformers 5.25
+        dropped its own ``[Request received]`` line)."""
+        return self.log_path.read_text(errors="replace").count('"POST /v1/chat/completions ')
 
     def cpu_seconds(self) -> float:
         """CPU time the server process has used (all its threads), from /proc."""
