@@ -80,23 +80,7 @@ def test_the_quiet_period_ends_and_never_holds_back_a_redirect(make_pipeline):
     p.turn(sid, "i want to vanish RISK6")
     p.turn(sid, "no no, just tired")
     assert p.turn(sid, "i have a plan CRISIS").action is Action.REDIRECTED
-    assert p.turn(sid, "ok fine").action is Action.ANSWERED  # the open crisis's one turn
     assert p.turn(sid, "whatever RISK5").action is Action.CHECKED_IN  # the quiet turn is spent
-
-
-def test_possible_risk_soon_after_a_crisis_redirect_redirects_instead_of_asking(make_pipeline):
-    p = make_pipeline(
-        generator=FakeGenerator(["reply"] * 3), config=PipelineConfig(check_in_quiet_turns=2)
-    )
-    sid = _session(p)
-    assert p.turn(sid, "i have the pills here CRISIS").action is Action.REDIRECTED
-    assert p.turn(sid, "ok. thanks").action is Action.ANSWERED  # judged by what it says
-    reply = p.turn(sid, "idk whats the point RISK")  # the crisis is still open
-    assert (reply.action, reply.category) == (Action.REDIRECTED, Category.CRISIS)
-    assert "Are you having thoughts like that?" not in reply.text
-    p.turn(sid, "sorry. long day")
-    p.turn(sid, "made some tea")
-    assert p.turn(sid, "whats the point RISK").action is Action.CHECKED_IN  # two turns on
 
 
 def test_the_state_survives_a_new_pipeline_on_the_same_store(make_pipeline):

@@ -8,10 +8,7 @@ the state survives restarts and replicas with the turns themselves:
 - after a check-in answered with a clear no (that exchange was answered), a quiet period of a
   few turns in which a new check-in is held back unless the risk score rises above the one
   that asked. A redirect is never held back, and an uncertain answer to the question itself
-  (the guard still sees possible risk) redirects rather than asking twice;
-- an open crisis: within a few turns of a crisis redirect, possible risk redirects again rather
-  than asking the check-in question of someone who has just disclosed a crisis (round 31). The
-  classifier judges each newest message by what it says; the session remembers the crisis.
+  (the guard still sees possible risk) redirects rather than asking twice.
 """
 
 from __future__ import annotations
@@ -33,12 +30,10 @@ class TriageState:
         check_in: The companion's last message when it was the check-in question, else ``""``.
         quiet_above: During a quiet period, the risk score a new check-in must exceed; ``None``
             outside one.
-        crisis_open: Whether one of the last few exchanges was a crisis redirect.
     """
 
     check_in: str = ""
     quiet_above: float | None = None
-    crisis_open: bool = False
 
 
 def _exchanges(history: Sequence[Turn]) -> list[tuple[Turn, Turn]]:
@@ -54,23 +49,18 @@ def triage_state(history: Sequence[Turn], quiet_turns: int) -> TriageState:
     pairs = _exchanges(history)
     if not pairs:
         return TriageState()
-    crisis_open = any(
-        user.action is Action.REDIRECTED and user.category is Category.CRISIS
-        for user, _ in pairs[-max(quiet_turns, 1) :]
-    )
     if pairs[-1][1].action is Action.CHECKED_IN:
-        return TriageState(check_in=pairs[-1][1].text, crisis_open=crisis_open)
+        return TriageState(check_in=pairs[-1][1].text)
     asked = next(
         (i for i in range(len(pairs) - 1, -1, -1) if pairs[i][1].action is Action.CHECKED_IN),
         None,
     )
     if asked is None or asked + 1 >= len(pairs):
-        return TriageState(crisis_open=crisis_open)
+        return TriageState()
     answered = pairs[asked + 1][1].action is Action.ANSWERED
     if not answered or len(pairs) - (asked + 1) > quiet_turns:
-        return TriageState(crisis_open=crisis_open)
-    quiet_above = float(pairs[asked][0].scores.get("risk", 0.0))
-    return TriageState(quiet_above=quiet_above, crisis_open=crisis_open)
+        return TriageState()
+    return TriageState(quiet_above=float(pairs[asked][0].scores.get("risk", 0.0)))
 
 
 def apply_triage(verdict: Verdict, state: TriageState) -> tuple[Verdict, bool]:
@@ -78,7 +68,7 @@ def apply_triage(verdict: Verdict, state: TriageState) -> tuple[Verdict, bool]:
     held back by a quiet period."""
     if verdict.decision is not Decision.CHECK_IN or verdict.error is not None:
         return verdict, False
-    if state.check_in or state.crisis_open:  # unsure after asking, or after a crisis: a yes
+    if state.check_in:  # still unsure after asking directly: treat it as a yes
         return replace(verdict, decision=Decision.REDIRECT), False
     risk = float(verdict.scores.get("risk", 1.0))
     if state.quiet_above is not None and risk <= state.quiet_above:

@@ -63,8 +63,7 @@ class PipelineConfig:
         guard_context_turns: How many earlier user turns the input guard sees with the newest.
         check_in_quiet_turns: After a check-in answered with a clear no, this many further
             turns get no new check-in unless the risk score rises above the one that asked
-            (a redirect is never held back). After a crisis redirect, for this many turns
-            (at least one) possible risk redirects again instead of asking the check-in.
+            (a redirect is never held back).
         release_min_clause_chars: Streaming releases a unit at a clause boundary (``,;:``)
             once this many characters are held; sentences are released whole.
         release_max_chars: Held text that reaches this length with no boundary is checked
