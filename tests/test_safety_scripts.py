@@ -23,14 +23,18 @@ pytestmark = [
 ]
 
 
-def _run(script: str, *args: str) -> str:
-    proc = subprocess.run(
+def _proc(script: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
         [sys.executable, str(REPO / "safety" / script), *args],
         capture_output=True,
         text=True,
         timeout=600,
         cwd=REPO,
     )
+
+
+def _run(script: str, *args: str) -> str:
+    proc = _proc(script, *args)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc.stdout
 
@@ -101,10 +105,8 @@ def test_train_cross_and_calibrate_cross_on_a_tiny_subset(tmp_path):
                "--batch_size", "8", "--threads", "1")  # fmt: skip
     assert "val AUPRC" in out
     crisis = "i have the pills and im taking them tonight"
-    bounded = [sys.executable, str(REPO / "safety" / "calibrate_cross.py"), "--run_dir", run,
-               "--first_turn", "0.5", "--after_crisis", crisis,
-               "--after_crisis_max", "-1"]  # fmt: skip
-    proc = subprocess.run(bounded, capture_output=True, text=True, timeout=600, cwd=REPO)
+    proc = _proc("calibrate_cross.py", "--run_dir", run, "--first_turn", "0.5",
+                 "--after_crisis", crisis, "--after_crisis_max", "-1")  # fmt: skip
     assert proc.returncode != 0 and "after the crisis" in proc.stderr  # round 31's bound
     out = _run("calibrate_cross.py", "--run_dir", run, "--first_turn", "0.5",
                "--after_crisis", crisis)  # fmt: skip
