@@ -77,9 +77,11 @@ safety-model: setup
 # The cascade of policy 6.4's recipe (card, "Round 28"), built from today's files into runs/x9:
 # the cross-encoder over the conversation, calibrated with the installed artifact's head
 # (policy 3.4's, or the one `make safety-model` built) as the second opinion. About 45 minutes
-# on a 2-core CPU, most of it training. Today's files include round 29's conversations, so this
-# is round 29's X9, which did not ship (card, "Round 29 result"); it is not installed. 6.4
-# itself came from the files before commit 3df1be1. Installing is a round's decision:
+# on a 2-core CPU, most of it training. Today's files include round 29's conversations and
+# round 31's relabelled post-crisis turns, so this trains round 31's X10, which did not ship
+# (card, "Round 31 result"; this target calibrates it without that round's after-crisis bound);
+# it is not installed. 6.4 itself came from the files before commit 3df1be1. Installing
+# is a round's decision:
 # `calibrate_cross.py ... --install` once its rule holds.
 safety-cascade: setup
 	$(PY) safety/prepare.py --out_dir runs/x9 --style_dir training/data/style
