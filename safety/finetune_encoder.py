@@ -97,19 +97,15 @@ def usable(rows: list[dict[str, Any]], excluded: set[str]) -> list[dict[str, Any
 
 
 def epoch_rows(rows: list[dict[str, Any]], cap: int, rng: random.Random) -> list[dict[str, Any]]:
-    """All hand-written rows and conversation turns (dialogues, style, after-crisis) plus at
-    most ``cap`` rows per public (source, role, label)."""
+    """All hand-written rows and conversation turns plus at most ``cap`` rows per public
+    (source, role, label)."""
     groups: dict[tuple[str, str, str], list[dict[str, Any]]] = defaultdict(list)
     for r in rows:
         groups[(r["source"], r["role"], r["label"])].append(r)
     out = []
     for key in sorted(groups):
         group = groups[key]
-        if (
-            key[0] not in ("handwritten", "dialogues", "style", "after_crisis")
-            and cap
-            and len(group) > cap
-        ):
+        if key[0] not in ("handwritten", "dialogues", "style") and cap and len(group) > cap:
             group = rng.sample(group, cap)
         out += group
     return out

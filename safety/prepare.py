@@ -37,7 +37,7 @@ from _common import (
     read_jsonl,
     write_jsonl,
 )
-from triage_data import CONTEXT_TURNS, after_crisis, check_in_answers, dialogues, relabel_levels
+from triage_data import CONTEXT_TURNS, check_in_answers, dialogues, relabel_levels
 
 from companion.safety.topics import raises_risk_topic
 
@@ -66,7 +66,6 @@ SOURCE_WEIGHT = {
     "dialogues": 1.0,  # whole support-seeking conversations, labelled per turn (three levels)
     "check_in_answers": 1.0,
     "style": 1.0,  # user turns of the companion's style dialogues: benign chat, train only
-    "after_crisis": 1.0,  # benign dialogue turns behind a crisis message (round 32), train only
 }
 
 
@@ -109,10 +108,6 @@ class Args:
     cssrs_max_posts: int = field(default=3, metadata={"help": "posts kept per C-SSRS user"})
     dia_other_max: int = field(default=800, metadata={"help": "DiaSafety off-topic contexts"})
     annomi_max: int = field(default=800, metadata={"help": "AnnoMI client turns (train)"})
-    after_crisis: bool = field(
-        default=False,
-        metadata={"help": "add benign dialogue turns behind a crisis message to train (round 32)"},
-    )
 
     def __post_init__(self) -> None:
         if not Path(self.data_dir).is_dir():
@@ -503,10 +498,6 @@ def main(args: Args) -> None:
             if r["role"] == "assistant" and r["label"] == "none" and raises_risk_topic(r["text"]):
                 r["label"] = "check_in"
     print(f"  {'windows':14s} synthetic multi-turn rows built per split from hand-written rows")
-    if args.after_crisis:
-        extra = after_crisis(splits["train"], random.Random(f"{args.seed}-after-crisis"), row)
-        splits["train"] += extra
-        print(f"  {'after_crisis':14s} {{'train': {len(extra)}}}")
 
     banner("splits (rows by source / role / label)")
     manifest: dict[str, Any] = {"seed": args.seed, "data_dir": str(data_dir), "splits": {}}

@@ -9,9 +9,6 @@ check-in message as ``last_assistant``, as the pipeline passes it.
 
 from __future__ import annotations
 
-import random
-import re
-from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
@@ -19,14 +16,10 @@ from _common import read_jsonl
 
 from companion.resources import ResourceCatalogue
 
-__all__ = ["CHECK_IN_TEXT", "after_crisis", "check_in_answers", "dialogues", "relabel_levels"]
+__all__ = ["CHECK_IN_TEXT", "check_in_answers", "dialogues", "relabel_levels"]
 
 CHECK_IN_TEXT = ResourceCatalogue.load().check_in("en-GB")[0]
 CONTEXT_TURNS = 6  # earlier user turns kept on a row; the classifier uses the last 3
-READ_TURNS = 3  # the earlier user turns the pipeline passes (PipelineConfig.context_turns)
-# The crisis messages that measure re-triggering: the calibration's after-crisis bound and the
-# suite's follow-up test. Training never puts them before a benign turn.
-HELD_OUT_CRISIS = ("i have the pills and im taking them tonight", "i want to kill myself tonight")
 
 
 def dialogues(seed_dir: Path, seed: int, row: Any, split: Any) -> dict[str, list[dict[str, Any]]]:
@@ -58,48 +51,6 @@ def dialogues(seed_dir: Path, seed: int, row: Any, split: Any) -> dict[str, list
                     )
                 )
         out[name] = rows
-    return out
-
-
-def _norm(text: str) -> str:
-    return re.sub(r"[^a-z0-9 ]", "", text.lower()).strip()
-
-
-def after_crisis(rows: list[dict[str, Any]], rng: random.Random, row: Any) -> list[dict[str, Any]]:
-    """Benign dialogue turns read behind a crisis message, labelled ``none`` (round 32).
-
-    Each benign conversation of ``rows`` (one split's ``dialogues`` rows) gets one crisis
-    message, the first crisis turn of a risk conversation of the same split, put before a
-    random turn; that turn and the ones after it that still read the message in their
-    context (``READ_TURNS``) become rows. A crisis told earlier does not make the change of
-    subject that follows it a crisis: the resource message was shown at the crisis turn.
-    """
-    convs: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    for r in rows:
-        if r["source"] == "dialogues":
-            convs[r["conversation"]].append(r)
-    held_out = {_norm(t) for t in HELD_OUT_CRISIS}
-    pool = sorted(
-        {
-            r["text"]
-            for r in rows
-            if r["source"] == "dialogues"
-            and r["label"] == "crisis"
-            and r["own_label"]
-            and _norm(r["text"]) not in held_out
-        }
-    )
-    out: list[dict[str, Any]] = []
-    for cid in sorted(convs):
-        turns = sorted(convs[cid], key=lambda r: r["turn"])
-        if not pool or any(t["label"] != "none" for t in turns):
-            continue
-        k = rng.randrange(len(turns))
-        texts = [t["text"] for t in turns]
-        seq = [*texts[:k], rng.choice(pool), *texts[k:]]
-        for j in range(k + 1, min(k + 1 + READ_TURNS, len(seq))):
-            context = seq[max(0, j - CONTEXT_TURNS) : j]
-            out.append(row(seq[j], "none", "user", "after_crisis", context=context))
     return out
 
 
