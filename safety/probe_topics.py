@@ -1,0 +1,84 @@
+"""Round 32 probe: which benign turns the guard interrupts, by conversation topic and by words.
+
+Not a candidate and not used at run time (classifier card, "Round 32 probe"). Plays every
+benign conversation of ``--run_dir``'s ``--split`` through the shipped guard, as
+``evaluate_conversations.py`` does (check-in state included), and prints the share of turns
+interrupted per conversation topic and per word group (sleep and tiredness, loss, neither),
+then some interrupted turns of each group:
+
+    python safety/probe_topics.py --run_dir runs/x11
+"""
+
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from _common import parse_args, read_jsonl
+from evaluate_conversations import Args as ReplayArgs
+from evaluate_conversations import play
+
+from companion.safety.classifier import SafetyClassifier
+from companion.types import Decision
+
+GROUPS = {
+    "sleep/tired": re.compile(
+        r"sleep|insomnia|awake|\bnight|tired|exhaust|knackered|wind(ing)? down|\b[1-5] ?am\b", re.I
+    ),
+    "loss": re.compile(
+        r"funeral|\bdied|\bdeath|passed away|grie[fv]|\bloss\b|\blost (my|her|him)", re.I
+    ),
+}
+
+
+@dataclass
+class Args:
+    run_dir: str = field(default="runs/x11", metadata={"help": "folder from prepare.py"})
+    split: str = field(default="val", metadata={"help": "split replayed"})
+    show: int = field(default=8, metadata={"help": "interrupted turns listed per group"})
+
+
+def group_of(text: str) -> str:
+    return next((name for name, rx in GROUPS.items() if rx.search(text)), "neither")
+
+
+def main(args: Args) -> None:
+    convs: dict[str, list[dict]] = defaultdict(list)
+    for r in read_jsonl(Path(args.run_dir) / "splits" / f"{args.split}.jsonl"):
+        if r["source"] == "dialogues":
+            convs[r["conversation"]].append(r)
+    clf = SafetyClassifier.from_defaults()
+    by_topic: dict[str, list[float]] = defaultdict(list)
+    by_group: dict[str, list[float]] = defaultdict(list)
+    shown: dict[str, list[str]] = defaultdict(list)
+    for turns in convs.values():
+        turns.sort(key=lambda r: r["turn"])
+        if not turns[0]["subtype"].startswith("benign") or any(t["label"] != "none" for t in turns):
+            continue
+        topic = turns[0]["subtype"].split("/", 1)[1]
+        for t, d in zip(turns, play(clf, turns, ReplayArgs()), strict=True):
+            hit = float(d is not Decision.NONE)
+            group = group_of(t["text"])
+            by_topic[topic].append(hit)
+            by_group[group].append(hit)
+            if hit:
+                shown[group].append(t["text"])
+    total = sum(sum(v) for v in by_group.values())
+    print(f"policy {clf.policy_version}; {args.split}; {int(total)} benign turns interrupted")
+    print("\nby word group: turns, share interrupted, share of all interruptions")
+    for name in (*GROUPS, "neither"):
+        v = by_group[name]
+        print(f"  {name:12s} n={len(v):5d}  {sum(v) / max(len(v), 1):.3f}  {sum(v) / total:.3f}")
+    print("\nby conversation topic (most interrupted first): turns, share interrupted")
+    for topic, v in sorted(by_topic.items(), key=lambda kv: -sum(kv[1]) / len(kv[1])):
+        print(f"  {topic[:30]:30s} n={len(v):4d}  {sum(v) / len(v):.3f}")
+    for name in (*GROUPS, "neither"):
+        print(f"\ninterrupted, {name}:")
+        for text in shown[name][: args.show]:
+            print(f"  {text[:90]!r}")
+
+
+if __name__ == "__main__":
+    main(parse_args(Args))
