@@ -4,7 +4,9 @@ Not a candidate and not used at run time (classifier card, "Round 32 probe"). Pl
 benign conversation of ``--run_dir``'s ``--split`` through the shipped guard, as
 ``evaluate_conversations.py`` does (check-in state included), and prints the share of turns
 interrupted per conversation topic and per word group (sleep and tiredness, loss, neither),
-then some interrupted turns of each group:
+how the cascade's two readers split the decision on those turns (the cross-encoder's crisis
+score against ``t_ask`` and ``sure``, and how often the head, asked in between, vetoes), then
+some interrupted turns of each group:
 
     python safety/probe_topics.py --run_dir runs/x11
 """
@@ -20,7 +22,7 @@ from _common import parse_args, read_jsonl
 from evaluate_conversations import Args as ReplayArgs
 from evaluate_conversations import play
 
-from companion.safety.classifier import SafetyClassifier
+from companion.safety.classifier import ClassifyItem, SafetyClassifier
 from companion.types import Decision
 
 GROUPS = {
@@ -44,6 +46,24 @@ def group_of(text: str) -> str:
     return next((name for name, rx in GROUPS.items() if rx.search(text)), "neither")
 
 
+def readers(clf: SafetyClassifier, items: list[ClassifyItem]) -> None:
+    """How the cascade's readers split the benign turns (no check-in state: scores only)."""
+    rule, ask = clf.policy.second_opinion, clf.policy.thresholds["user"]["crisis"]
+    if not rule:
+        return
+    scores = clf.score_batch(items)
+    crisis = scores[:, clf.labels.index("crisis")]
+    head = clf._second_opinions(scores, items)  # the head's crisis score where it is asked
+    agree = sum(h >= rule["head"] for h in head.values())
+    n = len(items)
+    print(f"\ncascade on {n} benign turns: t_ask {ask}, sure {rule['sure']}, head {rule['head']}")
+    print(
+        f"  cross-encoder crisis >= sure (redirected alone): {(crisis >= rule['sure']).mean():.3f}"
+    )
+    print(f"  in between (head asked): {len(head) / n:.3f}; head agrees on {agree} of {len(head)}")
+    print(f"  under t_ask: {(crisis < ask).mean():.3f}")
+
+
 def main(args: Args) -> None:
     convs: dict[str, list[dict]] = defaultdict(list)
     for r in read_jsonl(Path(args.run_dir) / "splits" / f"{args.split}.jsonl"):
@@ -52,6 +72,7 @@ def main(args: Args) -> None:
     clf = SafetyClassifier.from_defaults()
     by_topic: dict[str, list[float]] = defaultdict(list)
     by_group: dict[str, list[float]] = defaultdict(list)
+    items: list[ClassifyItem] = []
     shown: dict[str, list[str]] = defaultdict(list)
     for turns in convs.values():
         turns.sort(key=lambda r: r["turn"])
@@ -62,6 +83,8 @@ def main(args: Args) -> None:
             hit = float(d is not Decision.NONE)
             group = group_of(t["text"])
             by_topic[topic].append(hit)
+            context = tuple(c["text"] for c in turns[: t["turn"]][-3:])
+            items.append(ClassifyItem(t["text"], context=context))
             by_group[group].append(hit)
             if hit:
                 shown[group].append(t["text"])
@@ -74,6 +97,7 @@ def main(args: Args) -> None:
     print("\nby conversation topic (most interrupted first): turns, share interrupted")
     for topic, v in sorted(by_topic.items(), key=lambda kv: -sum(kv[1]) / len(kv[1])):
         print(f"  {topic[:30]:30s} n={len(v):4d}  {sum(v) / len(v):.3f}")
+    readers(clf, items)
     for name in (*GROUPS, "neither"):
         print(f"\ninterrupted, {name}:")
         for text in shown[name][: args.show]:
