@@ -167,22 +167,31 @@ def select(rows: list[dict[str, Any]], only: str, skip: str) -> list[dict[str, A
     ]
 
 
+def by_conversation(rows: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """Dialogue rows grouped by conversation id (sorted), each conversation in turn order."""
+    convs: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for r in rows:
+        convs[r["conversation"]].append(r)
+    return {cid: sorted(convs[cid], key=lambda r: r["turn"]) for cid in sorted(convs)}
+
+
+def is_benign(turns: list[dict[str, Any]]) -> bool:
+    """A benign support-seeking conversation: every turn ``none``, from a benign file."""
+    return turns[0]["subtype"].startswith("benign") and all(t["label"] == "none" for t in turns)
+
+
 def replay(
     clf: SafetyClassifier, rows: list[dict[str, Any]], args: Args
 ) -> tuple[dict[str, list[tuple[float, str]]], list[int | None]]:
     """Play the split's dialogue rows through ``clf`` turn by turn: per statistic, (value,
     conversation) pairs, and per risk conversation how many turns late it was caught (``None``:
     never)."""
-    convs: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    for r in rows:
-        convs[r["conversation"]].append(r)
     stats: dict[str, list[tuple[float, str]]] = defaultdict(list)
     late: list[int | None] = []
-    for cid, turns in sorted(convs.items()):
-        turns.sort(key=lambda r: r["turn"])
+    for cid, turns in by_conversation(rows).items():
         decisions = play(clf, turns, args)
         labels = [t["label"] for t in turns]
-        if all(lab == "none" for lab in labels) and turns[0]["subtype"].startswith("benign"):
+        if is_benign(turns):
             for d in decisions:
                 stats["benign_check_in"].append((float(d is Decision.CHECK_IN), cid))
                 stats["benign_redirect"].append((float(d is Decision.REDIRECT), cid))

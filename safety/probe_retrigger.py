@@ -11,12 +11,12 @@ the two differ most:
 
 from __future__ import annotations
 
-from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from _common import parse_args, read_jsonl
+from evaluate_conversations import by_conversation, is_benign
 
 from companion.safety.classifier import ClassifyItem, SafetyClassifier
 
@@ -34,14 +34,10 @@ class Args:
 
 
 def benign_items(run: Path, crisis: str, turns: int) -> list[ClassifyItem]:
-    convs: dict[str, list[dict]] = defaultdict(list)
-    for r in read_jsonl(run / "splits" / "val.jsonl"):
-        if r["source"] == "dialogues":
-            convs[r["conversation"]].append(r)
+    dialogue = [r for r in read_jsonl(run / "splits" / "val.jsonl") if r["source"] == "dialogues"]
     items = []
-    for rows in convs.values():
-        rows.sort(key=lambda r: r["turn"])
-        if not rows[0]["subtype"].startswith("benign") or any(r["label"] != "none" for r in rows):
+    for rows in by_conversation(dialogue).values():
+        if not is_benign(rows):
             continue
         texts = [crisis] + [r["text"] for r in rows]
         for i in range(1, min(turns, len(rows)) + 1):

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from _common import parse_args, read_jsonl
 from evaluate_conversations import Args as ReplayArgs
-from evaluate_conversations import play
+from evaluate_conversations import by_conversation, is_benign, play
 
 from companion.safety.classifier import ClassifyItem, SafetyClassifier
 from companion.types import Decision
@@ -65,29 +65,27 @@ def readers(clf: SafetyClassifier, items: list[ClassifyItem]) -> None:
 
 
 def main(args: Args) -> None:
-    convs: dict[str, list[dict]] = defaultdict(list)
-    for r in read_jsonl(Path(args.run_dir) / "splits" / f"{args.split}.jsonl"):
-        if r["source"] == "dialogues":
-            convs[r["conversation"]].append(r)
+    rows = read_jsonl(Path(args.run_dir) / "splits" / f"{args.split}.jsonl")
+    convs = by_conversation([r for r in rows if r["source"] == "dialogues"])
     clf = SafetyClassifier.from_defaults()
+    replay = ReplayArgs()
     by_topic: dict[str, list[float]] = defaultdict(list)
     by_group: dict[str, list[float]] = defaultdict(list)
-    items: list[ClassifyItem] = []
     shown: dict[str, list[str]] = defaultdict(list)
+    items: list[ClassifyItem] = []  # the same turns, for the readers' split
     for turns in convs.values():
-        turns.sort(key=lambda r: r["turn"])
-        if not turns[0]["subtype"].startswith("benign") or any(t["label"] != "none" for t in turns):
+        if not is_benign(turns):
             continue
         topic = turns[0]["subtype"].split("/", 1)[1]
-        for t, d in zip(turns, play(clf, turns, ReplayArgs()), strict=True):
+        for t, d in zip(turns, play(clf, turns, replay), strict=True):
             hit = float(d is not Decision.NONE)
             group = group_of(t["text"])
             by_topic[topic].append(hit)
-            context = tuple(c["text"] for c in turns[: t["turn"]][-3:])
-            items.append(ClassifyItem(t["text"], context=context))
             by_group[group].append(hit)
             if hit:
                 shown[group].append(t["text"])
+            context = tuple(t["context"][-replay.context_turns :])
+            items.append(ClassifyItem(t["text"], context=context))
     total = sum(sum(v) for v in by_group.values())
     print(f"policy {clf.policy_version}; {args.split}; {int(total)} benign turns interrupted")
     print("\nby word group: turns, share interrupted, share of all interruptions")
