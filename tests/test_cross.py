@@ -266,3 +266,57 @@ def test_a_second_opinion_needs_a_cross_policy_its_keys_and_user_weights():
     with pytest.raises(ValueError, match="user weights"):
         SafetyClassifier(_ZeroEncoder(), replies_only, policy, ScriptedReader({}))
     assert Policy.from_json(policy.to_json()).second_opinion == {"sure": 0.8, "head": 0.2}
+
+
+def _reader_cascade(second_crisis: float) -> tuple[SafetyClassifier, ScriptedReader]:
+    """Round 33: a cross policy whose second opinion is an LM reader (scripted: crisis
+    ``second_crisis`` for every pair); the head keeps reply weights only."""
+    zeros = (np.zeros((4, 2), np.float32), np.zeros(2, np.float32))
+    head = LinearHead({Role.ASSISTANT: zeros}, ("crisis", "medical"))
+    rest = (1.0 - second_crisis) / 3
+    second = ScriptedReader({m: [rest, rest, second_crisis, rest] for m in ("maybe", "sad")})
+    policy = _policy(second_reader="second", second_opinion={"sure": 0.8, "reader": 0.3})
+    reader = ScriptedReader({"sad": SAD, "maybe": MAYBE, "plan": PLAN, "dose": DOSE})
+    return SafetyClassifier(_ZeroEncoder(), head, policy, reader, second), second
+
+
+def test_with_a_second_reader_it_decides_the_band_and_reads_the_cross_encoders_pair():
+    from companion.safety import ClassifyItem
+
+    agrees, second = _reader_cascade(0.4)
+    out = agrees.classify_batch(
+        [
+            ClassifyItem("maybe", context=("I lost my job", "I can't sleep")),
+            ClassifyItem("sad"),  # under the ask threshold: M is not read
+            ClassifyItem("plan"),  # at or over sure: redirected alone
+        ]
+    )
+    assert [(v.decision, v.category) for v in out] == [
+        (Decision.REDIRECT, Category.CRISIS),
+        (Decision.NONE, Category.NONE),
+        (Decision.REDIRECT, Category.CRISIS),
+    ]
+    assert second.pairs == [pair_texts("maybe", ("I lost my job", "I can't sleep"), False, 3)]
+    assert out[0].scores["crisis_second"] == 0.4
+    vetoes, _ = _reader_cascade(0.1)
+    v = vetoes.classify("maybe")
+    assert (v.decision, v.category) == (Decision.CHECK_IN, Category.CRISIS)  # risk 0.65
+
+
+def test_a_second_reader_needs_its_keys_a_reader_and_a_positive_temperature():
+    with pytest.raises(ValueError, match="reader"):
+        _policy(second_reader="second", second_opinion={"sure": 0.8, "head": 0.2})
+    with pytest.raises(ValueError, match="second_reader needs"):
+        _policy(second_reader="second")
+    with pytest.raises(ValueError, match="second_temperature"):
+        _policy(
+            second_reader="second",
+            second_opinion={"sure": 0.8, "reader": 0.2},
+            second_temperature=0.0,
+        )
+    policy = _policy(second_reader="second", second_opinion={"sure": 0.8, "reader": 0.2})
+    zeros = (np.zeros((4, 2), np.float32), np.zeros(2, np.float32))
+    head = LinearHead({Role.ASSISTANT: zeros}, ("crisis", "medical"))
+    with pytest.raises(ValueError, match="pass second"):
+        SafetyClassifier(_ZeroEncoder(), head, policy, ScriptedReader({}))
+    assert Policy.from_json(policy.to_json()).second_reader == "second"
