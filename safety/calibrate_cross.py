@@ -17,11 +17,6 @@ Reads ``{run_dir}/cross/`` from ``train_cross.py``. The rule was written in the 
    ``--first_turn`` of the risk conversations caught at the turn risk first appears, and
    ``--within_one`` caught at most one turn late. The search walks down from the catch-rate
    threshold in steps of 3%.
-7. round 33: with ``--second_reader DIR`` (``train_second.py``), the first reader is the
-   shipped artifact's cross-encoder unchanged (its temperature and medical threshold), the
-   second opinion is that LM reader, its temperature fitted by log-loss on the validation user
-   rows the cross-encoder scores in [min(``--ask``), 0.9), and the cascade grid gains its
-   threshold (``--reader_thresholds``).
 6. round 31: with ``--after_crisis``, validation's benign conversations are played again behind
    that crisis message, and a policy that interrupts more than ``--after_crisis_max`` of their
    turns that still read it in their context cannot be chosen (the re-trigger failure of
@@ -45,13 +40,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from _cascade import AFTER, SURE
+from _cascade import AFTER
 from _common import DEFAULT_RUN_DIR, banner, parse_args, read_jsonl
 from calibrate import _USER_RISK, CLEAN, INSTALL_DIR, per_message_min, recall_threshold
-from train_cross import pairs_of, user_rows, val_summary
+from train_cross import user_rows, val_summary
 
 from companion.safety import Policy, SafetyClassifier, load_artifact
-from companion.safety.artifact import cross_dir, encoder_adapter_dir
+from companion.safety.artifact import encoder_adapter_dir
 from companion.safety.cross import CLASSES
 from companion.safety.encoding import adapter_digest
 from companion.types import Role
@@ -96,13 +91,6 @@ class Args:
     after_crisis_max: float = field(
         default=1.0,
         metadata={"help": "... and interrupt at most this share of their turns in its context"},
-    )
-    sure: str = field(default=SURE, metadata={"help": "the cascade's t_sure grid"})
-    second_reader: str = field(
-        default="", metadata={"help": "round 33: train_second.py's folder, the second opinion"}
-    )
-    reader_thresholds: str = field(
-        default="0.1,0.2,0.3,0.5", metadata={"help": "round 33: the second reader's grid"}
     )
 
 
@@ -193,8 +181,11 @@ def search_risk(
         t *= 0.97
 
 
-def choose_epoch(cross: Path, val: list[dict[str, Any]], epoch: int) -> int:
-    """``epoch``, or (0) the epoch with the highest validation risk AUPRC."""
+def main(args: Args) -> None:
+    run = Path(args.run_dir)
+    cross = run / "cross"
+    excluded = {s for s in args.exclude.split(",") if s}
+    val = user_rows(run / "splits" / "val.jsonl", excluded)
     epochs = sorted(int(p.stem.split("_e")[-1]) for p in cross.glob("val_logits_e*.npz"))
     banner("epochs (validation AUPRC)")
     best, best_ap = 0, -1.0
@@ -203,52 +194,13 @@ def choose_epoch(cross: Path, val: list[dict[str, Any]], epoch: int) -> int:
         print(f"  epoch {e}: {summary}")
         if summary["risk"] > best_ap:
             best, best_ap = e, summary["risk"]
-    return epoch or best
-
-
-def fit_second_temperature(
-    clf: Any, policy: Policy, val: list[dict[str, Any]], crisis: np.ndarray, low: float
-) -> Policy:
-    """Round 33: the LM reader's temperature by log-loss on the validation rows whose first-
-    reader crisis score is in [``low``, 0.9); ``clf.second`` is left at it, remembered."""
-    band = [r for r, c in zip(val, crisis, strict=True) if low <= c < 0.9]
-    logits = clf.second.logits(pairs_of(band, policy.context_turns))
-    y = np.array([CLASSES.index(r["label"]) for r in band])
-    t = round(fit_temperature(logits, y), 4)
-    print(f"  second reader: temperature {t} on {len(band)} validation rows in the band")
-    clf.second.temperature = t
-    clf.second = Memo(clf.second)
-    policy = replace(policy, second_temperature=t)
-    return policy
-
-
-def main(args: Args) -> None:
-    run = Path(args.run_dir)
-    cross = run / "cross"
-    excluded = {s for s in args.exclude.split(",") if s}
-    val = user_rows(run / "splits" / "val.jsonl", excluded)
+    best = args.epoch or best
+    logits = np.load(cross / f"val_logits_e{best}.npz")["logits"]
+    if len(logits) != len(val):
+        raise SystemExit(f"{len(logits)} logits for {len(val)} validation rows: rerun training")
     y = np.array([CLASSES.index(r["label"]) for r in val])
-    if args.second_reader:  # round 33: the shipped first reader, unchanged
-        first = SafetyClassifier.from_defaults(artifact=args.reply_artifact or None)
-        assert first.cross is not None, "the first reader's artifact has no cross-encoder"
-        temperature, report = first.policy.cross_temperature, first.policy.training
-        report = dict(report["cross_encoder"])
-        best, source = int(report["epoch"]), cross_dir(first.policy, args.reply_artifact or None)
-        assert source is not None
-        adapter_src, head_src = source, source / "head.npz"
-        pairs = pairs_of(val, first.policy.context_turns)
-        p = np.concatenate(
-            [first.cross.probabilities(pairs[i : i + 64]) for i in range(0, len(pairs), 64)]
-        )
-    else:
-        best = choose_epoch(cross, val, args.epoch)
-        logits = np.load(cross / f"val_logits_e{best}.npz")["logits"]
-        if len(logits) != len(val):
-            raise SystemExit(f"{len(logits)} logits for {len(val)} validation rows: retrain")
-        temperature = fit_temperature(logits, y)
-        p = softmax(logits / temperature)
-        report = json.loads((cross / "report.json").read_text("utf-8"))
-        adapter_src, head_src = cross / f"adapter_e{best}", cross / f"head_e{best}.npz"
+    temperature = fit_temperature(logits, y)
+    p = softmax(logits / temperature)
     crisis, medical = p[:, CLASSES.index("crisis")], p[:, CLASSES.index("medical")]
     risk = p[:, CLASSES.index("check_in")] + crisis
     print(f"  chosen epoch {best}; temperature {temperature:.3f}")
@@ -257,8 +209,6 @@ def main(args: Args) -> None:
     labels = np.array([r["label"] for r in val])
     medical_pos = np.isin(sources, list(CLEAN[("user", "medical")])) & (labels == "medical")
     t_medical = recall_threshold(per_message_min(val, medical, medical_pos), args.medical_recall)
-    if args.second_reader:
-        t_medical = float(first.policy.thresholds["user"]["medical"])
     clean = np.isin(sources, list(_USER_RISK))
     redirect_pos = clean & (labels == "crisis")
     if args.explicit:  # round 13: the redirect floor counts the explicit kinds only
@@ -291,18 +241,14 @@ def main(args: Args) -> None:
     shutil.rmtree(out, ignore_errors=True)
     (out / "cross").mkdir(parents=True)
     for name in ("adapter_config.json", "adapter_model.safetensors"):
-        shutil.copyfile(adapter_src / name, out / "cross" / name)
-    shutil.copyfile(head_src, out / "cross" / "head.npz")
-    if args.second_reader:
-        (out / "second").mkdir()
-        for name in ("adapter_config.json", "adapter_model.safetensors"):
-            shutil.copyfile(Path(args.second_reader) / name, out / "second" / name)
+        shutil.copyfile(cross / f"adapter_e{best}" / name, out / "cross" / name)
+    shutil.copyfile(cross / f"head_e{best}.npz", out / "cross" / "head.npz")
     adapter = encoder_adapter_dir(reply_policy, reply_folder)
     if adapter is not None:
         shutil.copytree(adapter, out / reply_policy.encoder_adapter)
     # the cascade asks the head about user messages: it keeps its user weights
-    asks_head = args.second_opinion and not args.second_reader
-    (head if asks_head else head.restricted([Role.ASSISTANT])).save(out / "head.npz")
+    (head if args.second_opinion else head.restricted([Role.ASSISTANT])).save(out / "head.npz")
+    report = json.loads((cross / "report.json").read_text("utf-8"))
     manifest = json.loads((run / "manifest.json").read_text("utf-8"))
     policy = Policy(
         policy_version=f"{args.version}+{manifest['train_hash'][:8]}",
@@ -321,8 +267,6 @@ def main(args: Args) -> None:
         user_reader="cross",
         cross_dir="cross",
         cross_temperature=round(temperature, 4),
-        second_reader="second" if args.second_reader else "",
-        second_opinion={"sure": 0.9, "reader": 0.5} if args.second_reader else {},
         training={
             "cross_encoder": {**report, "epoch": best},
             "calibration": {
@@ -345,21 +289,16 @@ def main(args: Args) -> None:
     clf = SafetyClassifier.from_defaults(artifact=out)
     clf.cross = Memo(clf.cross)
     dialogue = [r for r in read_jsonl(run / "splits" / "val.jsonl") if r["source"] == "dialogues"]
-    seconds = [head_crisis]
-    if args.second_reader:
-        low = min(float(a) for a in args.ask.split(","))
-        policy = fit_second_temperature(clf, policy, val, crisis, low)
-        seconds = [float(t) for t in args.reader_thresholds.split(",")]
-    if args.second_opinion or args.second_reader:
+    if args.second_opinion:
         import _cascade
 
-        banner("rounds 27-33 cascade: the grid of (t_ask, t_sure, second)")
+        banner("rounds 27-30 cascade: the grid of (t_ask, t_sure)")
         keep = clean & np.isin(labels, ["crisis", "check_in"])
         rows = [r for r, k in zip(val, keep, strict=True) if k]
         policy, figures, table = _cascade.search(
             clf,
             policy,
-            seconds,
+            head_crisis,
             rows,
             redirect_pos[keep],
             np.ones(len(rows), dtype=bool),

@@ -129,11 +129,9 @@ class LMReader:
     def logits(self, pairs: list[tuple[str, str]]) -> Any:
         import torch
 
-        from companion.safety.lm_reader import MAX_TOKENS, lm_text
-
-        texts = [lm_text(p) for p in pairs]  # as the runtime reader reads them
+        texts = [f"Earlier: {a}\nNewest: {b}" if a else f"Newest: {b}" for a, b in pairs]
         batch = self.tokenizer(
-            texts, padding=True, truncation=True, max_length=MAX_TOKENS, return_tensors="pt"
+            texts, padding=True, truncation=True, max_length=256, return_tensors="pt"
         )
         with torch.autocast("cpu", dtype=torch.bfloat16):
             return self.model(**batch).logits.float()

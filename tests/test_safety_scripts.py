@@ -125,32 +125,3 @@ def test_train_cross_and_calibrate_cross_on_a_tiny_subset(tmp_path):
     metrics = json.loads((tmp_path / "run" / "eval" / "metrics.json").read_text())
     assert any(k.endswith("/risk") for k in metrics["sources"])  # users: three levels
     assert not any(k.startswith("assistant/") and k.endswith("/risk") for k in metrics["sources"])
-
-
-def test_train_second_and_calibrate_cross_with_a_second_reader_on_a_tiny_subset(tmp_path):
-    """Round 33: M (SmolLM2 LoRA) trained on the hardest rows by the shipped cross-encoder, then
-    the cascade grid with M's threshold as its third axis writes a loadable artifact."""
-    run = str(tmp_path / "run")
-    _run("prepare.py", "--out_dir", run, "--data_dir", str(DATA), "--max_per_source", "6")
-    out = _run("train_second.py", "--run_dir", run, "--positives", "3", "--negatives", "5",
-               "--epochs", "1", "--threads", "1")  # fmt: skip
-    assert "8 rows" in out
-    second = tmp_path / "run" / "second"
-    chosen = [json.loads(line) for line in (second / "rows.jsonl").open()]
-    assert sum(r["label"] in ("crisis", "check_in") for r in chosen) == 3 and len(chosen) == 8
-    out = _run("calibrate_cross.py", "--run_dir", run, "--second_reader", str(second),
-               "--first_turn", "0", "--within_one", "0", "--crisis_redirect", "0",
-               "--ask", "0.03", "--sure", "0.9", "--reader_thresholds", "0.2,0.4")  # fmt: skip
-    assert "second reader: temperature" in out and "second 0.4" in out
-    artifact = tmp_path / "run" / "artifact_cross"
-    policy = json.loads((artifact / "policy.json").read_text())
-    assert policy["second_reader"] == "second" and set(policy["second_opinion"]) == {
-        "sure",
-        "reader",
-    }
-    assert len(policy["training"]["cascade"]) == 2
-    from companion.safety import SafetyClassifier
-
-    clf = SafetyClassifier.from_defaults(artifact=artifact)
-    assert clf.second is not None
-    assert clf.classify("hello").decision.value in ("none", "check_in", "redirect")

@@ -83,13 +83,7 @@ class Policy:
             the user ``crisis`` threshold but not ``second_opinion["sure"]`` is redirected as
             crisis only when the head, reading it with its context rule, also scores crisis at
             ``second_opinion["head"]`` or above; otherwise the rest of the decision (medical,
-            check-in) is the cross-encoder's. With ``second_reader`` (round 33) the second
-            opinion is that LM reader's crisis probability instead, at
-            ``second_opinion["reader"]`` or above.
-        second_reader: Folder, relative to the artifact, of the LM reader that gives the second
-            opinion (``lm_reader.py``: a PEFT sequence-classification adapter on the embedded
-            SmolLM2); ``""``: the head gives it.
-        second_temperature: The LM reader's logits are divided by it (fitted on validation).
+            check-in) is the cross-encoder's.
         training: Free-form provenance (data hash, seed, sizes, hyperparameters).
     """
 
@@ -112,8 +106,6 @@ class Policy:
     cross_dir: str = ""
     cross_temperature: float = 1.0
     second_opinion: Mapping[str, float] = field(default_factory=dict)
-    second_reader: str = ""
-    second_temperature: float = 1.0
     training: Mapping[str, Any] = field(default_factory=dict)
 
     @property
@@ -160,15 +152,10 @@ class Policy:
             raise ValueError(f"cross_temperature={self.cross_temperature}: need > 0")
         if self.second_opinion:
             rule = dict(self.second_opinion)
-            keys = {"sure", "reader" if self.second_reader else "head"}
-            if self.user_reader != "cross" or set(rule) != keys:
-                raise ValueError(f"second_opinion: a cross-encoder policy's {sorted(keys)}")
+            if self.user_reader != "cross" or set(rule) != {"sure", "head"}:
+                raise ValueError("second_opinion: a cross-encoder policy's {'sure', 'head'}")
             if not all(0.0 <= float(v) <= 1.0 for v in rule.values()):
                 raise ValueError(f"second_opinion outside [0, 1]: {rule}")
-        if self.second_reader and not self.second_opinion:
-            raise ValueError("second_reader needs second_opinion {'sure', 'reader'}")
-        if self.second_temperature <= 0:
-            raise ValueError(f"second_temperature={self.second_temperature}: need > 0")
         for role in Role:
             got = self.thresholds.get(role.value, {})
             missing = set(self.role_labels(role)) - set(got)
@@ -253,23 +240,6 @@ def encoder_adapter_dir(policy: Policy, directory: str | Path | None = None) -> 
     )
     if not (folder / "adapter_model.safetensors").is_file():
         raise ModelLoadError(f"safety artifact names encoder adapter {folder}, which is missing")
-    return folder
-
-
-def second_reader_dir(policy: Policy, directory: str | Path | None = None) -> Path | None:
-    """The LM reader folder of the artifact in ``directory`` (default: the shipped one), or
-    ``None`` when the policy has none.
-
-    Raises:
-        ModelLoadError: the policy names a reader that is not in the folder.
-    """
-    if not policy.second_reader:
-        return None
-    root = default_artifact_dir() if directory is None else Path(directory)
-    folder = root / policy.second_reader
-    for name in ("adapter_config.json", "adapter_model.safetensors"):
-        if not (folder / name).is_file():
-            raise ModelLoadError(f"safety artifact's second reader {folder} lacks {name}")
     return folder
 
 

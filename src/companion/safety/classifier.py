@@ -17,15 +17,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from ..errors import ModelLoadError
 from ..protocols import Encoder
 from ..types import Category, Decision, Direction, Role, Verdict
-from .artifact import Policy, cross_dir, encoder_adapter_dir, load_artifact, second_reader_dir
-from .cross import CLASSES as CROSS_CLASSES
+from .artifact import Policy, cross_dir, encoder_adapter_dir, load_artifact
 from .cross import CrossReader, load_cross_reader, pair_texts
 from .cross import scores as cross_scores
 from .features import build_features, feature_blocks
@@ -97,9 +95,6 @@ class SafetyClassifier:
         policy: Labels, thresholds per role, context policy and version.
         cross: The cross-encoder that reads user messages, exactly when the policy's
             ``user_reader`` is ``"cross"`` (the head then scores replies only).
-        second: The LM reader giving the cascade's second opinion, exactly when the policy
-            has a ``second_reader`` (``lm_reader.LMReader`` or anything with its
-            ``probabilities``).
 
     Example:
         >>> clf = SafetyClassifier.from_defaults()
@@ -112,30 +107,18 @@ class SafetyClassifier:
     """
 
     def __init__(
-        self,
-        encoder: Encoder,
-        head: Head,
-        policy: Policy,
-        cross: CrossReader | None = None,
-        second: Any = None,
+        self, encoder: Encoder, head: Head, policy: Policy, cross: CrossReader | None = None
     ) -> None:
         if set(head.labels) != set(policy.head_labels):
             raise ValueError(f"head labels {head.labels} differ from policy {policy.head_labels}")
         if (cross is not None) != (policy.user_reader == "cross"):
             raise ValueError(f"user_reader={policy.user_reader!r}: pass cross exactly for 'cross'")
-        if (second is not None) != bool(policy.second_reader):
-            raise ValueError("pass second exactly when the policy has a second_reader")
-        if (
-            policy.second_opinion
-            and second is None
-            and Role.USER not in getattr(head, "roles", (Role.USER,))
-        ):
+        if policy.second_opinion and Role.USER not in getattr(head, "roles", (Role.USER,)):
             raise ValueError("second_opinion needs a head with user weights")
         self.encoder = encoder
         self.head = head
         self.policy = policy
         self.cross = cross
-        self.second = second
         self.labels: tuple[str, ...] = tuple(policy.labels) if cross else tuple(head.labels)
         """Column order of :meth:`score_batch`."""
         self.policy_version = policy.policy_version
@@ -180,12 +163,6 @@ class SafetyClassifier:
         folder = cross_dir(policy, artifact)
         if folder is not None:  # from the base encoder, before the head's encoder is shaped
             cross = load_cross_reader(encoder, folder, policy.cross_temperature)
-        second = None
-        reader = second_reader_dir(policy, artifact)
-        if reader is not None:
-            from .lm_reader import load_lm_reader
-
-            second = load_lm_reader(reader, policy.second_temperature)
         from .encoding import guard_encoder
 
         encoder = guard_encoder(
@@ -200,7 +177,7 @@ class SafetyClassifier:
             from .onnx_runtime import onnx_encoder
 
             encoder = onnx_encoder(encoder, runtime, threads=torch.get_num_threads())
-        return cls(encoder, head, policy, cross, second)
+        return cls(encoder, head, policy, cross)
 
     @property
     def thresholds(self) -> dict[str, dict[str, float]]:
@@ -241,10 +218,9 @@ class SafetyClassifier:
     def _second_opinions(
         self, scores: FloatArray, items: Sequence[ClassifyItem]
     ) -> dict[int, float]:
-        """The second opinion's crisis score (the LM reader's, else the head's), by item index,
-        for the user messages whose cross-encoder crisis score lies between the user crisis
-        threshold and ``second_opinion["sure"]`` (the only ones the cascade asks; see
-        :class:`~companion.safety.artifact.Policy`)."""
+        """The head's crisis score, by item index, for the user messages whose cross-encoder
+        crisis score lies between the user crisis threshold and ``second_opinion["sure"]``
+        (the only ones the cascade asks; see :class:`~companion.safety.artifact.Policy`)."""
         rule = self.policy.second_opinion
         if not rule:
             return {}
@@ -257,12 +233,8 @@ class SafetyClassifier:
         ]
         if not asked:
             return {}
-        if self.second is not None:
-            pairs = self._pairs([items[i] for i in asked])
-            got = self.second.probabilities(pairs)[:, CROSS_CLASSES.index("crisis")]
-        else:
-            got = self._head_scores([items[i] for i in asked])[:, self.head.labels.index("crisis")]
-        return {i: float(h) for i, h in zip(asked, got, strict=True)}
+        head = self._head_scores([items[i] for i in asked])[:, self.head.labels.index("crisis")]
+        return {i: float(h) for i, h in zip(asked, head, strict=True)}
 
     def score_batch(self, items: Sequence[ClassifyItem]) -> FloatArray:
         """Raw scores of shape ``(len(items), len(self.labels))``.
@@ -277,18 +249,21 @@ class SafetyClassifier:
         users = [i for i, item in enumerate(items) if Role(item.role) is Role.USER]
         others = [i for i, item in enumerate(items) if Role(item.role) is not Role.USER]
         if users:
-            pairs = self._pairs([items[i] for i in users])
+            pairs = [
+                pair_texts(
+                    items[i].text,
+                    items[i].context,
+                    items[i].answers_check_in,
+                    self.policy.context_turns,
+                )
+                for i in users
+            ]
             out[users] = cross_scores(self.cross.probabilities(pairs), self.labels)
         if others:
             head = self._head_scores([items[i] for i in others])
             for j, label in enumerate(self.head.labels):
                 out[others, self.labels.index(label)] = head[:, j]
         return out
-
-    def _pairs(self, items: Sequence[ClassifyItem]) -> list[tuple[str, str]]:
-        """The (conversation, message) pairs the user readers read."""
-        turns = self.policy.context_turns
-        return [pair_texts(i.text, i.context, i.answers_check_in, turns) for i in items]
 
     def _head_scores(self, items: Sequence[ClassifyItem]) -> FloatArray:
         """Head scores of shape ``(len(items), len(head.labels))``.
@@ -399,8 +374,7 @@ class SafetyClassifier:
         crisis = reached("crisis")
         if crisis and second is not None:  # the cascade asked the head; it must agree
             by_label["crisis_second"] = round(second, 4)
-            rule = self.policy.second_opinion
-            crisis = second >= rule["reader" if self.second is not None else "head"]
+            crisis = second >= self.policy.second_opinion["head"]
         category, decision = Category.NONE, Decision.NONE
         if crisis:
             category, decision = Category.CRISIS, Decision.REDIRECT
